@@ -1,0 +1,507 @@
+"""``PipesDaskClient``: run external code on a Dask cluster with the full Pipes protocol."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetExecutionContext,
+    ConfigurableResource,
+    DagsterExecutionInterruptedError,
+    MetadataValue,
+    OpExecutionContext,
+    PipesClient,
+    PipesClientCompletedInvocation,
+    open_pipes_session,
+)
+from dagster_pipes import PipesExtras
+from pydantic import Field, PrivateAttr
+
+from dagster_pipes_ext import worker as _worker_module
+from dagster_pipes_ext.cluster import (
+    DaskConnectionError,
+    get_dask_client,
+    resolve_scheduler_address,
+)
+from dagster_pipes_ext.context_injector import PipesDaskContextInjector
+from dagster_pipes_ext.errors import (
+    PipesDaskError,
+    PipesDaskLaunchError,
+    PipesDaskNoWorkerError,
+    PipesDaskProcessError,
+    PipesDaskSchedulerUnreachableError,
+    PipesDaskWorkerLostError,
+)
+from dagster_pipes_ext.message_reader import PipesDaskMessageReader
+from dagster_pipes_ext.worker import LaunchOutcome, LaunchSpec, forget_topic, launch
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+# The launcher must reach workers by value: a worker has neither this package nor dagster.
+# Registering the module is not enough on its own (dask pickles an importable callable by
+# reference first), so the submitted callables are lambdas, which cloudpickle always pickles by
+# value, together with the registered module's functions they call.
+cloudpickle.register_pickle_by_value(_worker_module)
+_LAUNCH = lambda spec: launch(spec)  # noqa: E731
+_FORGET_TOPIC = lambda topic, dask_scheduler=None: forget_topic(topic, dask_scheduler)  # noqa: E731
+
+_LIVENESS_CHECK_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
+
+
+class PipesDaskClient(ConfigurableResource, PipesClient):
+    """A Pipes client that runs a command on a Dask cluster and streams what it reports.
+
+    The command (any program, any language) runs on a Dask worker in its own process group. The
+    external process sees stock Pipes bootstrap params, so the unmodified
+    ``with open_dagster_pipes() as context:`` code of Dagster's Pipes tutorial works. Its logs,
+    materializations, checks, custom messages, stdout and stderr come back through the Dask
+    scheduler while it runs; nothing is shared between orchestrator and worker but the scheduler.
+
+    With no scheduler address configured (here, in ``DASK_SCHEDULER_ADDRESS`` or in Dask's
+    ``scheduler-address`` config) an embedded in-process ``LocalCluster`` is started on first use
+    and closed when the process exits.
+
+    Example:
+        .. code-block:: python
+
+            @asset
+            def orders(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+                return dask_pipes.run(
+                    context=context, command=["python", "external/orders.py"]
+                ).get_materialize_result()
+
+            defs = Definitions(assets=[orders], resources={"dask_pipes": PipesDaskClient()})
+    """
+
+    scheduler_address: str | None = Field(
+        default=None,
+        description=(
+            "Address of the Dask scheduler, e.g. tcp://127.0.0.1:8786. Unset: "
+            "DASK_SCHEDULER_ADDRESS or Dask config, else an embedded in-process cluster."
+        ),
+    )
+    env: dict[str, str] | None = Field(
+        default=None, description="Environment variables added to the worker's for the command."
+    )
+    cwd: str | None = Field(
+        default=None, description="Working directory of the command, on the worker."
+    )
+    forward_stdio: bool = Field(
+        default=True,
+        description="Write the command's stdout/stderr to the step's compute logs.",
+    )
+    forward_termination: bool = Field(
+        default=True,
+        description="Stop the command (SIGINT, then SIGKILL) when the step is interrupted.",
+    )
+    termination_timeout_seconds: float = Field(
+        default=20.0, description="Time between SIGINT and SIGKILL when stopping the command."
+    )
+    connect_timeout_seconds: float = Field(
+        default=10.0, description="How long to wait for the Dask scheduler to answer."
+    )
+    worker_wait_timeout_seconds: float = Field(
+        default=60.0,
+        description=(
+            "How long a task may wait for a worker that satisfies `resources`/`workers` "
+            "(none connected, or none with those resources) before the step fails."
+        ),
+    )
+    message_drain_timeout_seconds: float = Field(
+        default=60.0,
+        description="How long to wait, after the command ends, for messages still in flight.",
+    )
+    embedded_threads_per_worker: int = Field(
+        default=4, description="Threads (concurrent commands) of the embedded cluster's worker."
+    )
+    poll_interval_seconds: float = Field(
+        default=0.005, description="How often the launcher checks the message file when idle."
+    )
+    max_batch_bytes: int = Field(
+        default=128 * 1024, description="Largest batch of messages/stdio in one scheduler event."
+    )
+
+    _dashboard_links: dict[int, str | None] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    def get_dask_client(self) -> Client:
+        """Return the (cached) Dask client this resource submits to.
+
+        Raises:
+            PipesDaskSchedulerUnreachableError: The scheduler did not answer in time.
+        """
+        try:
+            return get_dask_client(
+                resolve_scheduler_address(self.scheduler_address),
+                connect_timeout_seconds=self.connect_timeout_seconds,
+                embedded_threads_per_worker=self.embedded_threads_per_worker,
+            )
+        except DaskConnectionError as exc:
+            raise PipesDaskSchedulerUnreachableError(str(exc)) from exc
+
+    def run(  # type: ignore[override]
+        self,
+        *,
+        context: OpExecutionContext | AssetExecutionContext | AssetCheckExecutionContext,
+        extras: PipesExtras | None = None,
+        command: str | Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Sequence[str] | None = None,
+        allow_other_workers: bool = False,
+        priority: int = 0,
+    ) -> PipesClientCompletedInvocation:
+        """Run ``command`` on a Dask worker inside a Pipes session and wait for it.
+
+        Args:
+            context: The context of the asset, multi-asset, asset check or op being executed.
+            extras: Extra values for the external process (``context.extras`` there).
+            command: The command, as a list of arguments or a string split with ``shlex``.
+            env: Environment variables for this call, on top of the resource's ``env``.
+            cwd: Working directory on the worker; overrides the resource's ``cwd``.
+            resources: Dask worker resources the task needs, e.g. ``{"GPU": 1}``.
+            workers: Worker addresses, names or hosts the task is restricted to.
+            allow_other_workers: Let ``workers`` be a preference rather than a restriction.
+            priority: Dask scheduling priority of the task.
+
+        Returns:
+            The completed invocation, with the Dask task key, worker, dashboard URL, exit code
+            and wall time as metadata.
+
+        Raises:
+            PipesDaskProcessError: The command exited non-zero or was killed.
+            PipesDaskLaunchError: The command could not be started on the worker.
+            PipesDaskWorkerLostError: The worker was lost while the command ran.
+            PipesDaskNoWorkerError: No worker can satisfy ``resources``/``workers`` in time.
+            PipesDaskSchedulerUnreachableError: The scheduler could not be reached.
+        """
+        op_context = _op_context(context)
+        argv = _normalize_command(command)
+        dask_client = self.get_dask_client()
+        session_id = uuid.uuid4().hex
+        run_id = op_context.run_id
+        topic = f"dagster-pipes/{run_id}/{session_id}"
+        key = f"dagster-pipes-{op_context.op.name}-{run_id[:8]}-{session_id[:12]}"
+        injector = PipesDaskContextInjector(overrides=_partition_overrides(op_context))
+        reader = PipesDaskMessageReader(
+            dask_client=dask_client,
+            topic=topic,
+            forward_stdio=self.forward_stdio,
+            log=op_context.log,
+            drain_timeout_seconds=self.message_drain_timeout_seconds,
+        )
+        names = {"claim": f"{topic}/claimed", "stop": f"{topic}/stop"}
+        started = time.monotonic()
+        outcome: LaunchOutcome | None = None
+        try:
+            with open_pipes_session(
+                context=op_context,
+                context_injector=injector,
+                message_reader=reader,
+                extras=extras,
+            ) as session:
+                spec: LaunchSpec = {
+                    "session_id": session_id,
+                    "topic": topic,
+                    "claim_event": names["claim"],
+                    "stop_event": names["stop"],
+                    "command": argv,
+                    "env": {**(self.env or {}), **(env or {})},
+                    "cwd": cwd or self.cwd,
+                    "context_data": dict(injector.context_data),
+                    "forward_stdio": self.forward_stdio,
+                    "termination_timeout_seconds": self.termination_timeout_seconds,
+                    "max_batch_bytes": self.max_batch_bytes,
+                    "poll_interval_seconds": self.poll_interval_seconds,
+                }
+                restrictions: dict[str, Any] = {
+                    "resources": dict(resources) if resources else None,
+                    "workers": [workers] if isinstance(workers, str) else workers,
+                }
+                future = dask_client.submit(
+                    _LAUNCH,
+                    spec,
+                    key=key,
+                    pure=False,
+                    **restrictions,
+                    allow_other_workers=allow_other_workers,
+                    priority=priority,
+                    retries=0,
+                )
+                try:
+                    outcome = self._await(
+                        op_context,
+                        dask_client,
+                        future,
+                        reader,
+                        names["stop"],
+                        {} if allow_other_workers else restrictions,
+                    )
+                finally:
+                    future.release()
+                if outcome["last_seq"] >= 0:
+                    reader.set_last_seq(outcome["last_seq"])
+                self._raise_for_outcome(outcome, reader)
+        finally:
+            self._forget_session(dask_client, topic, names)
+
+        assert outcome is not None
+        metadata: dict[str, Any] = {
+            "dask/task_key": key,
+            "dask/worker": outcome["worker"],
+            "dask/exit_code": outcome["returncode"],
+            "dask/wall_time_seconds": round(time.monotonic() - started, 4),
+        }
+        dashboard = self._dashboard_link(dask_client)
+        if dashboard:
+            metadata["dask/dashboard_url"] = MetadataValue.url(dashboard)
+        return PipesClientCompletedInvocation(session, metadata=metadata)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def _await(
+        self,
+        context: OpExecutionContext,
+        dask_client: Client,
+        future: Future,
+        reader: PipesDaskMessageReader,
+        stop_event: str,
+        restrictions: Mapping[str, Any],
+    ) -> LaunchOutcome:
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        try:
+            self._watch(dask_client, future, done, reader, restrictions)
+        except DagsterExecutionInterruptedError:
+            if self.forward_termination and not done.is_set():
+                context.log.info(
+                    "[pipes] execution interrupted: stopping the process on the Dask worker "
+                    f"(SIGINT, then SIGKILL after {self.termination_timeout_seconds:g}s)."
+                )
+                dask_client.sync(dask_client.scheduler.event_set, name=stop_event)
+                done.wait(timeout=self.termination_timeout_seconds + 10)
+            if not done.is_set():
+                future.cancel()
+            raise
+        return self._outcome_of(future, reader)
+
+    def _watch(
+        self,
+        dask_client: Client,
+        future: Future,
+        done: threading.Event,
+        reader: PipesDaskMessageReader,
+        restrictions: Mapping[str, Any],
+    ) -> None:
+        """Wait for the task, failing fast if its worker is lost or no worker can ever run it."""
+        next_check = time.monotonic() + _LIVENESS_CHECK_SECONDS
+        unsatisfiable_since: float | None = None
+        while not done.wait(timeout=0.2):
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            next_check = now + _LIVENESS_CHECK_SECONDS
+            workers_info = dask_client.scheduler_info(n_workers=-1).get("workers", {})
+            if reader.started.is_set():
+                if reader.worker_address not in workers_info and not done.is_set():
+                    future.cancel()
+                    raise self._worker_lost(reader.worker_address)
+                continue
+            if _runnable_somewhere(workers_info, restrictions):
+                unsatisfiable_since = None
+                continue
+            unsatisfiable_since = unsatisfiable_since or now
+            if now - unsatisfiable_since >= self.worker_wait_timeout_seconds:
+                future.cancel()
+                raise PipesDaskNoWorkerError(
+                    _no_worker_message(
+                        workers_info, future.key, restrictions, self.worker_wait_timeout_seconds
+                    )
+                )
+
+    def _outcome_of(self, future: Future, reader: PipesDaskMessageReader) -> LaunchOutcome:
+        from distributed.scheduler import KilledWorker
+
+        if future.status == "error":
+            exc = future.exception()
+            if isinstance(exc, KilledWorker):
+                raise self._worker_lost(reader.worker_address) from exc
+            raise PipesDaskLaunchError(
+                f"The launcher task {future.key!r} failed on the Dask worker: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if future.status == "cancelled":
+            raise PipesDaskError(f"The Dask task {future.key!r} was cancelled on the cluster.")
+        outcome: LaunchOutcome = future.result()
+        if outcome["status"] == "redelivered":
+            raise self._worker_lost(reader.worker_address, redelivered_to=outcome["worker"])
+        return outcome
+
+    def _worker_lost(
+        self, worker: str | None, redelivered_to: str | None = None
+    ) -> PipesDaskWorkerLostError:
+        where = f" ({worker})" if worker else ""
+        again = (
+            f" Dask delivered the task again to {redelivered_to}, which refused to start it."
+            if redelivered_to
+            else ""
+        )
+        return PipesDaskWorkerLostError(
+            f"The Dask worker running the external process{where} was lost.{again} The command "
+            "is not re-run automatically because it may have side effects; add a Dagster "
+            "RetryPolicy to the asset or op to run it again."
+        )
+
+    def _raise_for_outcome(self, outcome: LaunchOutcome, reader: PipesDaskMessageReader) -> None:
+        if outcome["status"] == "launch_failed":
+            raise PipesDaskLaunchError(
+                f"{outcome['error']} (Dask worker {outcome['worker']}, host {outcome['hostname']})"
+            )
+        code = outcome["returncode"]
+        if code == 0:
+            return
+        assert code is not None
+        tail = outcome["stderr_tail"].rstrip()
+        how = outcome["error"] or f"exit code {code}"
+        stopped = " after a stop request" if outcome["status"] == "stopped" else ""
+        raise PipesDaskProcessError(
+            f"External process failed on Dask worker {outcome['worker']} "
+            f"(host {outcome['hostname']}) with {how}{stopped}."
+            + (f"\nLast lines of its stderr:\n{tail}" if tail else ""),
+            returncode=code,
+            worker=outcome["worker"],
+            stderr_tail=outcome["stderr_tail"],
+        )
+
+    # -- scheduler hygiene ----------------------------------------------------------------
+
+    def _forget_session(self, dask_client: Client, topic: str, names: Mapping[str, str]) -> None:
+        """Leave nothing of the session on a (possibly long-lived, shared) scheduler."""
+        try:
+            # Setting the stop event first releases the launcher's long-poll on it at once (the
+            # launcher ignores it once done); a cleared event without waiters is deleted.
+            dask_client.sync(dask_client.scheduler.event_set, name=names["stop"])
+            for name in names.values():
+                dask_client.sync(dask_client.scheduler.event_clear, name=name)
+            # Dropping the topic on the scheduler also drops this client's subscription. An
+            # `unsubscribe-topic` message sent now could arrive after it and re-create the topic.
+            dask_client.run_on_scheduler(_FORGET_TOPIC, topic)
+            getattr(dask_client, "_event_handlers", {}).pop(topic, None)
+        except Exception:
+            dask_client.unsubscribe_topic(topic)
+            # A scheduler that forbids run_on_scheduler keeps the topic; nothing else depends on it.
+            logger.debug("could not remove session %s from the scheduler", topic, exc_info=True)
+
+    def _dashboard_link(self, dask_client: Client) -> str | None:
+        cache_key = id(dask_client)
+        if cache_key not in self._dashboard_links:
+            link: str | None
+            try:
+                link = _dashboard_link(dask_client)
+            except Exception:
+                link = None
+            self._dashboard_links[cache_key] = link
+        return self._dashboard_links[cache_key]
+
+
+def _dashboard_link(dask_client: Client) -> str | None:
+    port = dask_client.scheduler_info(n_workers=0).get("services", {}).get("dashboard")
+    if port is None:
+        return None
+    if dask_client.scheduler.address.startswith("inproc://"):
+        # The embedded cluster serves its dashboard on loopback only.
+        return f"http://127.0.0.1:{port}/status"
+    return dask_client.dashboard_link
+
+
+def _op_context(
+    context: OpExecutionContext | AssetExecutionContext | AssetCheckExecutionContext,
+) -> OpExecutionContext:
+    if isinstance(context, (AssetExecutionContext, AssetCheckExecutionContext)):
+        return context.op_execution_context
+    return context
+
+
+def _normalize_command(command: str | Sequence[str]) -> list[str]:
+    if isinstance(command, str):
+        argv = shlex.split(command)
+    elif isinstance(command, Sequence) and all(isinstance(a, str) for a in command):
+        argv = list(command)
+    else:
+        raise TypeError(
+            "PipesDaskClient.run(command=...) takes a string or a sequence of strings, got "
+            f"{command!r}."
+        )
+    if not argv:
+        raise ValueError("PipesDaskClient.run(command=...) is empty: name a program to run.")
+    return argv
+
+
+def _partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
+    """Deliver a multi-partition run's key range and time window, which Dagster core omits."""
+    try:
+        if context.has_partition_key or not context.has_partition_key_range:
+            return {}
+        key_range = context.partition_key_range
+    except Exception:
+        return {}
+    overrides: dict[str, Any] = {
+        "partition_key_range": {"start": key_range.start, "end": key_range.end}
+    }
+    try:
+        window = context.partition_time_window
+        overrides["partition_time_window"] = {
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+        }
+    except Exception:
+        pass  # not time-partitioned
+    return overrides
+
+
+def _runnable_somewhere(workers_info: Mapping[str, Any], restrictions: Mapping[str, Any]) -> bool:
+    resources = restrictions.get("resources") or {}
+    allowed = restrictions.get("workers")
+    for address, info in workers_info.items():
+        if allowed and not {address, info.get("name"), info.get("host")} & set(allowed):
+            continue
+        have = info.get("resources") or {}
+        if all(have.get(name, 0) >= amount for name, amount in resources.items()):
+            return True
+    return False
+
+
+def _no_worker_message(
+    workers_info: Mapping[str, Any], key: str, restrictions: Mapping[str, Any], timeout: float
+) -> str:
+    if not workers_info:
+        return (
+            f"No Dask worker connected to the scheduler within {timeout:g}s, so the task "
+            f"{key!r} could not start. Start a worker (`dask worker <scheduler>`)."
+        )
+    offered = {addr: info.get("resources") or {} for addr, info in workers_info.items()}
+    return (
+        f"No Dask worker can run task {key!r}: it needs "
+        f"resources={restrictions.get('resources') or {}} workers={restrictions.get('workers')}, "
+        f"and within {timeout:g}s no connected worker offered them (workers and their "
+        f"resources: {offered}). Start a worker with `dask worker --resources ...` or change "
+        "`resources=`/`workers=`."
+    )
+
+
+__all__ = ["PipesDaskClient"]

@@ -1,0 +1,138 @@
+"""Where the Dask ``Client`` comes from.
+
+In order: an explicit scheduler address, else ``DASK_SCHEDULER_ADDRESS`` / Dask's
+``scheduler-address`` config, else an embedded in-process ``LocalCluster``.
+
+Connections are cached per process and address, so consecutive runs in one process share one
+scheduler connection (and one embedded cluster) instead of paying for a new one each time.
+Everything cached is closed when the process exits, or by :func:`close_cached_clients`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
+
+EMBEDDED = "embedded"
+
+_lock = threading.Lock()
+
+
+@dataclass
+class _Cache:
+    pid: int = field(default_factory=os.getpid)
+    clients: dict[str, Client] = field(default_factory=dict)
+    cluster: LocalCluster | None = None
+
+
+_cache = _Cache()
+
+
+class DaskConnectionError(ConnectionError):
+    """The Dask scheduler could not be reached."""
+
+
+def resolve_scheduler_address(explicit: str | None) -> str | None:
+    """Return the scheduler address to use, or ``None`` for the embedded cluster.
+
+    Args:
+        explicit: The address configured on the resource, if any.
+    """
+    if explicit:
+        return explicit
+    env = os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if env:
+        return env
+    import dask
+
+    configured = dask.config.get("scheduler-address", None)
+    return str(configured) if configured else None
+
+
+def _embedded_client(threads_per_worker: int) -> Client:
+    from distributed import Client, LocalCluster
+
+    dashboard = "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
+    cluster = LocalCluster(
+        processes=False,
+        n_workers=1,
+        threads_per_worker=threads_per_worker,
+        dashboard_address=dashboard,
+        silence_logs=logging.WARNING,
+    )
+    _cache.cluster = cluster
+    return Client(cluster, set_as_default=False)
+
+
+def get_dask_client(
+    address: str | None,
+    *,
+    connect_timeout_seconds: float,
+    embedded_threads_per_worker: int,
+) -> Client:
+    """Return a connected, cached Dask client for ``address`` (``None``: embedded cluster).
+
+    Raises:
+        DaskConnectionError: The scheduler did not answer within ``connect_timeout_seconds``.
+    """
+    global _cache
+    key = address or EMBEDDED
+    with _lock:
+        if _cache.pid != os.getpid():
+            # A forked child must not reuse its parent's sockets or event-loop thread.
+            _cache = _Cache()
+        client = _cache.clients.get(key)
+        if client is not None and client.status == "running":
+            return client
+        if client is not None:
+            _close_quietly(client)
+        if address is None:
+            if _cache.cluster is not None:
+                _close_quietly(_cache.cluster)
+                _cache.cluster = None
+            client = _embedded_client(embedded_threads_per_worker)
+        else:
+            from distributed import Client
+
+            try:
+                client = Client(address, timeout=connect_timeout_seconds, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise DaskConnectionError(
+                    f"Could not connect to the Dask scheduler at {address!r} within "
+                    f"{connect_timeout_seconds:g}s ({type(exc).__name__}: {exc}). Check that "
+                    "`dask scheduler` is running there and that `scheduler_address` or "
+                    "DASK_SCHEDULER_ADDRESS is right; unset both to use the embedded cluster."
+                ) from exc
+        _cache.clients[key] = client
+        return client
+
+
+def _close_quietly(obj: Client | LocalCluster) -> None:
+    try:
+        obj.close()
+    except Exception:  # closing is best effort at shutdown
+        logging.getLogger(__name__).debug("error closing %r", obj, exc_info=True)
+
+
+def close_cached_clients() -> None:
+    """Close every cached scheduler connection and the embedded cluster of this process."""
+    with _lock:
+        if _cache.pid != os.getpid():
+            return
+        for client in _cache.clients.values():
+            _close_quietly(client)
+        _cache.clients.clear()
+        if _cache.cluster is not None:
+            _close_quietly(_cache.cluster)
+            _cache.cluster = None
+
+
+atexit.register(close_cached_clients)

@@ -1,0 +1,281 @@
+"""``PipesDaskMessageReader``: Pipes messages and stdio arrive as Dask scheduler events."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from dagster import PipesMessageReader
+from dagster_pipes import PipesParams
+
+from dagster_pipes_ext.worker import (
+    REC_MESSAGE,
+    REC_NOTE,
+    REC_PID,
+    REC_START,
+    REC_STDERR,
+    REC_STDOUT,
+    EventBatch,
+)
+
+if TYPE_CHECKING:
+    from dagster._core.pipes.context import PipesMessageHandler
+    from distributed import Client
+
+READER_PARAM = "dask_topic"
+_STOP = object()
+_MAX_MALFORMED_WARNINGS = 10
+_GAP_FILL_AFTER_SECONDS = 1.0
+
+
+class PipesDaskMessageReader(PipesMessageReader):
+    """Reads a session's messages, stdout and stderr from a Dask scheduler topic.
+
+    The launcher on the worker tails the external process's message file and stdio and publishes
+    them as batched, sequence-numbered events on a topic unique to the session. This reader
+    subscribes to the topic before the task is submitted (both travel on the client's ordered
+    scheduler channel), then a consumer thread hands every message to Dagster's Pipes handler
+    exactly once and in order, and writes stdout/stderr to the step's ``sys.stdout`` /
+    ``sys.stderr`` (Dagster's compute logs). Malformed lines are reported and skipped; they never
+    end the stream.
+
+    Args:
+        dask_client: The connected Dask client the task is submitted with.
+        topic: The session's scheduler topic.
+        forward_stdio: Write the external process's stdout/stderr to the step's compute logs.
+        log: Where launcher notices and reader warnings go (the step's ``context.log``).
+        drain_timeout_seconds: How long closing the session waits for messages still in flight.
+    """
+
+    def __init__(
+        self,
+        *,
+        dask_client: Client,
+        topic: str,
+        forward_stdio: bool = True,
+        log: Any = None,
+        drain_timeout_seconds: float = 60.0,
+    ) -> None:
+        self._client = dask_client
+        self.topic = topic
+        self._forward_stdio = forward_stdio
+        self._log = log
+        self._drain_timeout = drain_timeout_seconds
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._cond = threading.Condition()
+        self._next_seq = 0
+        self._pending: dict[int, EventBatch] = {}
+        self._last_progress = time.monotonic()
+        self._last_seq: int | None = None
+        self._handler: PipesMessageHandler | None = None
+        self._malformed = 0
+        self.started = threading.Event()
+        self.worker_address: str | None = None
+        self.worker_hostname: str | None = None
+        self.pid: int | None = None
+        self.message_count = 0
+        self.lost_batches = 0
+
+    # -- the session's side ---------------------------------------------------------------
+
+    @contextmanager
+    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
+        """Subscribe to the session topic and handle events until the session closes.
+
+        Args:
+            handler: Dagster's Pipes message handler for this session.
+
+        Yields:
+            Params naming the topic; the external process receives stock file params instead.
+        """
+        self._handler = handler
+        self._client.subscribe_topic(self.topic, self._on_event)
+        consumer = threading.Thread(target=self._consume, daemon=True, name="pipes-dask-reader")
+        consumer.start()
+        try:
+            yield {READER_PARAM: self.topic}
+        finally:
+            try:
+                self._drain()
+            finally:
+                self._queue.put(_STOP)
+                consumer.join(timeout=10)
+                if self._malformed > _MAX_MALFORMED_WARNINGS:
+                    self._warn(
+                        f"[pipes] {self._malformed} malformed message lines were skipped in all."
+                    )
+
+    @property
+    def expected_writer_count(self) -> int:
+        """One writer per session: the launcher on the worker."""
+        return 1
+
+    # The subscription outlives the session: PipesDaskClient drops it together with the topic.
+
+    def set_last_seq(self, last_seq: int) -> None:
+        """Tell the reader the sequence number of the launcher's final batch."""
+        self._last_seq = last_seq
+
+    def no_messages_debug_text(self) -> str:
+        """Tell the user what the external process should have done."""
+        return (
+            f"Messages were expected on Dask scheduler topic {self.topic!r}, published by the "
+            "launcher that tails the file named in DAGSTER_PIPES_MESSAGES on the worker. The "
+            "external process should call `open_dagster_pipes()` (default message writer) and "
+            "report inside its `with` block; check the step's stderr for a failure before that."
+        )
+
+    # -- the Dask event loop's side: enqueue only -----------------------------------------
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        self._queue.put(event[1])
+
+    # -- the consumer thread --------------------------------------------------------------
+
+    def _consume(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                self._accept(item)
+            if self._missing() and time.monotonic() - self._last_progress > _GAP_FILL_AFTER_SECONDS:
+                self._fill_gaps()
+
+    def _missing(self) -> bool:
+        """Whether a batch is overdue: a hole before a received one, or before the final one."""
+        return bool(self._pending) or (
+            self._last_seq is not None and self._next_seq <= self._last_seq
+        )
+
+    def _accept(self, batch: EventBatch) -> None:
+        try:
+            seq = int(batch["s"])
+        except (TypeError, KeyError, ValueError):
+            self._warn(f"[pipes] ignored an unexpected event on topic {self.topic!r}: {batch!r:.200}")
+            return
+        if seq < self._next_seq or seq in self._pending:
+            return  # a duplicate (e.g. re-read while filling a gap)
+        self._pending[seq] = batch
+        while self._next_seq in self._pending:
+            self._process(self._pending.pop(self._next_seq))
+            with self._cond:
+                self._next_seq += 1
+                self._cond.notify_all()
+            self._last_progress = time.monotonic()
+
+    def _fill_gaps(self) -> None:
+        """Recover missing batches from the scheduler's retained events for the topic."""
+        self._last_progress = time.monotonic()
+        try:
+            events = self._client.get_events(self.topic)
+        except Exception as exc:
+            self._warn(f"[pipes] could not re-read topic {self.topic!r}: {exc}")
+            events = ()
+        for _, batch in events:
+            if isinstance(batch, dict) and "s" in batch and batch["s"] >= self._next_seq:
+                self._accept(batch)  # type: ignore[arg-type]
+        if self._last_seq is None or not self._missing():
+            return  # the launcher is still running: later events may yet close the hole
+        first = min(self._pending) if self._pending else self._last_seq + 1
+        lost = first - self._next_seq
+        self.lost_batches += lost
+        self._warn(
+            f"[pipes] {lost} message batch(es) from the external process never arrived "
+            f"(sequence {self._next_seq}..{first - 1}); continuing with the rest."
+        )
+        with self._cond:
+            self._next_seq = first
+            self._cond.notify_all()
+        if self._pending:
+            self._accept(self._pending.pop(first))
+
+    def _process(self, batch: EventBatch) -> None:
+        for kind, data in batch["r"]:
+            if kind == REC_MESSAGE:
+                self._handle_line(data)
+            elif kind == REC_STDOUT:
+                if self._forward_stdio:
+                    sys.stdout.write(data)
+                    sys.stdout.flush()
+            elif kind == REC_STDERR:
+                if self._forward_stdio:
+                    sys.stderr.write(data)
+                    sys.stderr.flush()
+            elif kind == REC_START:
+                self.worker_address = data.get("worker")
+                self.worker_hostname = data.get("hostname")
+                self.started.set()
+            elif kind == REC_PID:
+                self.pid = int(data)
+            elif kind == REC_NOTE:
+                self._info(str(data))
+
+    def _handle_line(self, line: str) -> None:
+        assert self._handler is not None
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict) or "method" not in message:
+                raise ValueError("not a Pipes message object")
+        except ValueError as exc:
+            self._malformed += 1
+            if self._malformed <= _MAX_MALFORMED_WARNINGS:
+                self._warn(
+                    f"[pipes] skipped a malformed message line from the external process "
+                    f"({exc}): {line[:200]!r}"
+                )
+            return
+        self.message_count += 1
+        try:
+            self._handler.handle_message(message)  # type: ignore[arg-type]
+        except Exception as exc:
+            try:
+                self._handler.report_pipes_framework_exception(
+                    f"{type(self).__name__} handling {message.get('method')!r}", sys.exc_info()
+                )
+            except Exception:
+                self._warn(f"[pipes] could not handle a {message.get('method')!r} message: {exc}")
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        if self._last_seq is None:
+            # The launcher never reported its final batch (it failed or its worker was lost):
+            # handle what has already arrived, until the topic is quiet.
+            deadline = time.monotonic() + 3.0
+            seen = -2
+            while time.monotonic() < deadline:
+                with self._cond:
+                    self._cond.wait(timeout=0.25)
+                    now = self._next_seq
+                if now == seen and self._queue.empty():
+                    break
+                seen = now
+            return
+        deadline = time.monotonic() + self._drain_timeout
+        with self._cond:
+            while self._next_seq <= self._last_seq and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            if self._next_seq > self._last_seq:
+                return
+        self._warn(
+            f"[pipes] {self._last_seq + 1 - self._next_seq} message batch(es) did not arrive "
+            f"within {self._drain_timeout:g}s of the task's end; closing without them."
+        )
+
+    def _warn(self, text: str) -> None:
+        if self._log is not None:
+            self._log.warning(text)
+
+    def _info(self, text: str) -> None:
+        if self._log is not None:
+            self._log.info(text)

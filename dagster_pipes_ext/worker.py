@@ -1,0 +1,466 @@
+"""The launcher that runs on a Dask worker.
+
+This module is shipped to workers by value (cloudpickle), so a worker needs no copy of
+``dagster_pipes_ext``. It may import only the standard library and ``distributed``: never
+``dagster`` and never another module of this package.
+
+One call of :func:`launch` is one Pipes session on the worker. It:
+
+1. refuses to run if the session was already claimed by an earlier delivery of the same task
+   (Dask silently re-runs tasks whose worker died; external code must not run twice);
+2. writes the context data to a worker-local file and starts the command in its own process
+   group with the stock ``DAGSTER_PIPES_CONTEXT``/``DAGSTER_PIPES_MESSAGES`` file params;
+3. tails the message file (complete lines only) and the process's stdout/stderr, and sends
+   them as batched, sequence-numbered scheduler events on the session's topic;
+4. obeys the session's stop event (SIGINT to the group, SIGKILL after a timeout);
+5. returns a :class:`LaunchOutcome`.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import deque
+from typing import Any, Literal, TypedDict
+
+# Keys of the Pipes bootstrap environment variables (the dagster-pipes protocol).
+PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
+PIPES_MESSAGES_ENV = "DAGSTER_PIPES_MESSAGES"
+
+# Record kinds inside an event batch.
+REC_START = "start"  # launcher facts, once, before the command starts
+REC_MESSAGE = "m"  # one raw Pipes message line (JSON text, parsed by the orchestrator)
+REC_STDOUT = "o"
+REC_STDERR = "e"
+REC_PID = "pid"  # the command's process id, once it started
+REC_NOTE = "note"  # a launcher notice for the run's log (e.g. "sent SIGINT")
+
+STDERR_TAIL_BYTES = 4096
+_READ_CHUNK = 1 << 20
+
+
+class LaunchSpec(TypedDict):
+    """What the orchestrator sends to the worker for one session."""
+
+    session_id: str
+    topic: str
+    claim_event: str
+    stop_event: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    context_data: dict[str, Any]
+    forward_stdio: bool
+    termination_timeout_seconds: float
+    max_batch_bytes: int
+    poll_interval_seconds: float
+
+
+class EventBatch(TypedDict):
+    """One scheduler event on the session topic: a sequence number and ordered records."""
+
+    s: int
+    r: list[list[Any]]
+
+
+class LaunchOutcome(TypedDict):
+    """What the launcher task returns to the orchestrator."""
+
+    status: Literal["exited", "stopped", "redelivered", "launch_failed"]
+    returncode: int | None
+    last_seq: int
+    worker: str
+    hostname: str
+    pid: int | None
+    started_at: float | None
+    ended_at: float
+    stderr_tail: str
+    error: str | None
+    max_rss_kib: int | None
+    cpu_user_seconds: float | None
+    cpu_system_seconds: float | None
+
+
+def encode_param(value: Any) -> str:
+    """Encode a Pipes bootstrap param exactly as ``dagster_pipes.encode_param`` does."""
+    return base64.b64encode(zlib.compress(json.dumps(value).encode("utf-8"))).decode("utf-8")
+
+
+class _Sender:
+    """Sends ordered, sequence-numbered batches of records as scheduler events.
+
+    Only the task thread calls it, so events reach the orchestrator before the task result.
+    """
+
+    def __init__(self, worker: Any, topic: str, max_batch_bytes: int) -> None:
+        self._worker = worker
+        self._topic = topic
+        self._max_bytes = max_batch_bytes
+        self._records: list[list[Any]] = []
+        self._size = 0
+        self.last_seq = -1
+
+    def add(self, kind: str, data: Any, size: int = 64) -> None:
+        self._records.append([kind, data])
+        self._size += size
+        if self._size >= self._max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._records:
+            return
+        self.last_seq += 1
+        batch: EventBatch = {"s": self.last_seq, "r": self._records}
+        self._records = []
+        self._size = 0
+        self._worker.log_event(self._topic, batch)
+
+
+class _LineTail:
+    """Reads complete lines appended to a file; a partial last line waits for its newline."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._partial = b""
+
+    def read_lines(self) -> list[bytes]:
+        lines: list[bytes] = []
+        while True:
+            chunk = os.read(self._fd, _READ_CHUNK)
+            if not chunk:
+                return lines
+            data = self._partial + chunk
+            parts = data.split(b"\n")
+            self._partial = parts.pop()
+            lines.extend(p for p in parts if p.strip())
+            if len(chunk) < _READ_CHUNK:
+                return lines
+
+    def read_rest(self) -> list[bytes]:
+        """Lines left at end of stream, including an unterminated last line."""
+        lines = self.read_lines()
+        if self._partial.strip():
+            lines.append(self._partial)
+        self._partial = b""
+        return lines
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _pump_stream(fd: int, kind: str, out: queue.Queue[tuple[str, str] | None]) -> None:
+    """Forward a pipe's text to ``out`` chunk by chunk until EOF."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    out.put((kind, tail))
+                return
+            text = decoder.decode(chunk)
+            if text:
+                out.put((kind, text))
+    finally:
+        out.put(None)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _pdeathsig_preexec() -> Any:
+    """A preexec function that kills the child if the launching worker dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def _preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return _preexec
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _rpc(worker: Any, op: str, **kwargs: Any) -> Any:
+    """Call a scheduler handler from the task thread through the worker's own connection pool."""
+    from distributed.utils import sync
+
+    return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+
+
+def _watch_stop(worker: Any, name: str, stop: threading.Event, done: threading.Event) -> None:
+    """Long-poll the session's stop event on the scheduler until the launcher is done."""
+    while not done.is_set():
+        try:
+            if _rpc(worker, "event_wait", name=name, timeout=2.0):
+                stop.set()
+                return
+        except Exception:
+            # The scheduler may be briefly unreachable; the launcher's own loop is unaffected.
+            if done.wait(1.0):
+                return
+
+
+def _describe_signal(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def launch(spec: LaunchSpec) -> LaunchOutcome:
+    """Run one Pipes session's command on this worker and stream what it reports.
+
+    Args:
+        spec: The session's launch specification.
+
+    Returns:
+        The outcome of the command (exit code, last sequence number sent, worker facts).
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    outcome: LaunchOutcome = {
+        "status": "launch_failed",
+        "returncode": None,
+        "last_seq": -1,
+        "worker": str(worker.address),
+        "hostname": socket.gethostname(),
+        "pid": None,
+        "started_at": None,
+        "ended_at": time.time(),
+        "stderr_tail": "",
+        "error": None,
+        "max_rss_kib": None,
+        "cpu_user_seconds": None,
+        "cpu_system_seconds": None,
+    }
+
+    # At most once per Dagster attempt: a claimed session means an earlier delivery of this
+    # task already started the command on a worker that has since been lost.
+    if _rpc(worker, "event_is_set", name=spec["claim_event"]):
+        outcome["status"] = "redelivered"
+        outcome["error"] = "the session was already started by an earlier delivery of this task"
+        return outcome
+    _rpc(worker, "event_set", name=spec["claim_event"])
+
+    sender = _Sender(worker, spec["topic"], spec["max_batch_bytes"])
+    workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
+    try:
+        return _run_command(spec, worker, sender, workdir, outcome)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _launch_error(spec: LaunchSpec, exc: OSError) -> str:
+    program = spec["command"][0]
+    cwd = spec["cwd"]
+    if cwd is not None and not os.path.isdir(cwd):
+        return f"working directory {cwd!r} does not exist on the worker"
+    if isinstance(exc, FileNotFoundError):
+        return (
+            f"command not found on the worker: {program!r} "
+            f"(PATH={os.environ.get('PATH', '')!r}, cwd={cwd or os.getcwd()!r})"
+        )
+    if isinstance(exc, PermissionError):
+        return f"command is not executable on the worker: {program!r} ({exc})"
+    return f"could not start {program!r} on the worker: {exc}"
+
+
+def _run_command(
+    spec: LaunchSpec,
+    worker: Any,
+    sender: _Sender,
+    workdir: str,
+    outcome: LaunchOutcome,
+) -> LaunchOutcome:
+    context_path = os.path.join(workdir, "context.json")
+    messages_path = os.path.join(workdir, "messages.jsonl")
+    with open(context_path, "w", encoding="utf-8") as f:
+        json.dump(spec["context_data"], f)
+    open(messages_path, "wb").close()
+
+    env = {**os.environ, **spec["env"]}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PIPES_CONTEXT_ENV] = encode_param({"path": context_path})
+    env[PIPES_MESSAGES_ENV] = encode_param({"path": messages_path})
+
+    stdio_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+    forward = spec["forward_stdio"]
+    stderr_tail: deque[str] = deque()
+    stderr_tail_len = 0
+
+    sender.add(
+        REC_START,
+        {"worker": outcome["worker"], "hostname": outcome["hostname"]},
+    )
+    try:
+        proc = subprocess.Popen(
+            spec["command"],
+            cwd=spec["cwd"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if forward else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_pdeathsig_preexec(),
+        )
+    except OSError as exc:
+        outcome["error"] = _launch_error(spec, exc)
+        sender.add(REC_NOTE, f"[pipes] {outcome['error']}")
+        sender.flush()
+        outcome["last_seq"] = sender.last_seq
+        outcome["ended_at"] = time.time()
+        return outcome
+
+    outcome["pid"] = proc.pid
+    outcome["started_at"] = time.time()
+    sender.add(REC_PID, proc.pid, 8)
+    pumps = []
+    for stream, kind in ((proc.stdout, REC_STDOUT), (proc.stderr, REC_STDERR)):
+        if stream is None:
+            continue
+        fd = os.dup(stream.fileno())
+        stream.close()
+        t = threading.Thread(
+            target=_pump_stream, args=(fd, kind, stdio_queue), daemon=True, name=f"pipes-{kind}"
+        )
+        t.start()
+        pumps.append(t)
+    open_pumps = len(pumps)
+
+    stop = threading.Event()
+    done = threading.Event()
+    threading.Thread(
+        target=_watch_stop,
+        args=(worker, spec["stop_event"], stop, done),
+        daemon=True,
+        name="pipes-stop-watch",
+    ).start()
+
+    tail = _LineTail(messages_path)
+    poll = spec["poll_interval_seconds"]
+    kill_at: float | None = None
+    returncode: int | None = None
+    rusage = None
+    carried: tuple[str, str] | None | Literal[False] = False
+    try:
+        while True:
+            for line in tail.read_lines():
+                sender.add(REC_MESSAGE, line.decode("utf-8", errors="replace"), len(line))
+            # drain stdio without blocking, starting with what the last wait returned
+            while True:
+                if carried is not False:
+                    item, carried = carried, False
+                else:
+                    try:
+                        item = stdio_queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if item is None:
+                    open_pumps -= 1
+                    continue
+                kind, text = item
+                if kind == REC_STDERR:
+                    stderr_tail.append(text)
+                    stderr_tail_len += len(text)
+                    while stderr_tail_len > STDERR_TAIL_BYTES and len(stderr_tail) > 1:
+                        stderr_tail_len -= len(stderr_tail.popleft())
+                    if not forward:
+                        continue
+                sender.add(kind, text, len(text))
+            sender.flush()
+
+            if returncode is None:
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    returncode = os.waitstatus_to_exitcode(status)
+                    proc.returncode = returncode
+                    rusage = ru
+                    # Nothing the command started may outlive it.
+                    _signal_group(proc.pid, signal.SIGKILL)
+            if returncode is not None and open_pumps <= 0:
+                for line in tail.read_rest():
+                    sender.add(REC_MESSAGE, line.decode("utf-8", errors="replace"), len(line))
+                sender.flush()
+                break
+
+            if stop.is_set() and kill_at is None and returncode is None:
+                kill_at = time.monotonic() + spec["termination_timeout_seconds"]
+                _signal_group(proc.pid, signal.SIGINT)
+                sender.add(REC_NOTE, "[pipes] stop requested: sent SIGINT to the process group")
+            if kill_at is not None and returncode is None and time.monotonic() >= kill_at:
+                _signal_group(proc.pid, signal.SIGKILL)
+                sender.add(
+                    REC_NOTE,
+                    "[pipes] process did not exit within termination_timeout_seconds: "
+                    "sent SIGKILL to the process group",
+                )
+                kill_at = float("inf")
+
+            # Wait for stdio (or poll the message file after ``poll`` seconds).
+            with contextlib.suppress(queue.Empty):
+                carried = stdio_queue.get(timeout=poll)
+    finally:
+        done.set()
+        tail.close()
+        if returncode is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for t in pumps:
+            t.join(timeout=5)
+
+    outcome["status"] = "stopped" if stop.is_set() else "exited"
+    outcome["returncode"] = returncode
+    outcome["ended_at"] = time.time()
+    outcome["stderr_tail"] = "".join(stderr_tail)[-STDERR_TAIL_BYTES:]
+    if rusage is not None:
+        outcome["max_rss_kib"] = int(rusage.ru_maxrss)
+        outcome["cpu_user_seconds"] = float(rusage.ru_utime)
+        outcome["cpu_system_seconds"] = float(rusage.ru_stime)
+    if returncode is not None and returncode < 0:
+        outcome["error"] = f"killed by {_describe_signal(returncode)}"
+    outcome["last_seq"] = sender.last_seq
+    return outcome
+
+
+def forget_topic(topic: str, dask_scheduler: Any = None) -> bool:
+    """Remove a finished session's topic from the scheduler (run with ``run_on_scheduler``).
+
+    The scheduler keeps every topic and its last events for its lifetime; a long-lived shared
+    scheduler would otherwise grow with every run.
+    """
+    broker = getattr(dask_scheduler, "_broker", None)
+    topics = getattr(broker, "_topics", None)
+    if topics is None:
+        return False
+    return topics.pop(topic, None) is not None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from dagster_pipes_ext import PipesDaskClient, close_cached_clients
+from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+@pytest.fixture(scope="session")
+def separate_cluster() -> Iterator[DaskProcesses]:
+    """A `dask scheduler` and one import-blocked `dask worker`, separate processes on 127.0.0.1.
+
+    The worker's working directory and TMPDIR differ from the test process's, and it offers a
+    `SLOTS=4` resource.
+    """
+    cluster = start_cluster(1, resources="SLOTS=4", dashboard=True)
+    try:
+        yield cluster
+    finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+@pytest.fixture(params=["embedded", "separate"])
+def cluster_kind(request: pytest.FixtureRequest) -> str:
+    """Run a test once against the embedded cluster and once against the separate one."""
+    return request.param
+
+
+@pytest.fixture
+def pipes_client(cluster_kind: str, request: pytest.FixtureRequest) -> PipesDaskClient:
+    """A PipesDaskClient for the cluster kind under test."""
+    if cluster_kind == "embedded":
+        return PipesDaskClient(termination_timeout_seconds=5)
+    cluster: DaskProcesses = request.getfixturevalue("separate_cluster")
+    return PipesDaskClient(scheduler_address=cluster.address, termination_timeout_seconds=5)
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A real on-disk Dagster instance (run storage, event log and compute logs)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture(autouse=True)
+def _no_scheduler_address_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their cluster explicitly; a developer's DASK_SCHEDULER_ADDRESS must not leak."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
+
+
+def script(name: str) -> str:
+    """The absolute path of an external script under dagster_pipes_ext_tests/scripts."""
+    return str(SCRIPTS / name)
