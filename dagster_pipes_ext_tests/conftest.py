@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from dagster_pipes_ext import PipesDaskClient, close_cached_clients
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
 
 SCRIPTS = Path(__file__).parent / "scripts"
+
+# External commands say "python", as users' code does; it must be this environment's Python
+# (with dagster-pipes), for the embedded cluster and for worker processes the tests start.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")
