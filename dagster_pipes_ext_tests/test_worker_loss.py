@@ -1,0 +1,75 @@
+"""A lost worker fails the step; the command is never re-run silently on another worker."""
+
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from dagster import AssetExecutionContext, asset, materialize
+
+from dagster_pipes_ext import PipesDaskClient, PipesDaskWorkerLostError, close_cached_clients
+from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.support.processes import (
+    DaskProcesses,
+    pid_alive,
+    start_cluster,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
+def doomed_cluster(request: pytest.FixtureRequest) -> Iterator[DaskProcesses]:
+    """A separate cluster of its own, since the test kills one of its workers."""
+    cluster = start_cluster(request.param, nthreads=2)
+    try:
+        yield cluster
+    finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, tmp_path: Path):
+    """Killing the worker mid-run fails the step with a clear error and starts nothing again."""
+    pids_file = tmp_path / "pids"
+    starts_file = tmp_path / "starts"
+
+    @asset
+    def fragile(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context,
+            command=["python", script("term_sleeper.py")],
+            env={"PIDS_FILE": str(pids_file), "STARTS_FILE": str(starts_file)},
+        ).get_materialize_result()
+
+    killed: dict[str, int] = {}
+
+    def kill_worker() -> None:
+        text = wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
+        pid, grandchild = (int(x) for x in text.split())
+        worker_pid = psutil.Process(pid).ppid()
+        assert worker_pid in {w.pid for w in doomed_cluster.workers}
+        killed.update(pid=pid, grandchild=grandchild, worker=worker_pid)
+        psutil.Process(worker_pid).send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_worker, daemon=True)
+    killer.start()
+    client = PipesDaskClient(scheduler_address=doomed_cluster.address)
+    result = materialize([fragile], resources={"dask_pipes": client}, raise_on_error=False)
+    killer.join(timeout=60)
+
+    assert not result.success
+    failure = result.failure_data_for_node("fragile")
+    assert failure is not None and failure.error is not None
+    error = failure.error
+    while error.cause is not None and PipesDaskWorkerLostError.__name__ not in error.cls_name:
+        error = error.cause
+    assert error.cls_name == PipesDaskWorkerLostError.__name__, failure.error.to_string()
+    assert "was lost" in error.message and "RetryPolicy" in error.message
+    # The command started exactly once, and nothing it started outlived its worker.
+    assert starts_file.read_text().split() == [str(killed["pid"])]
+    wait_for(lambda: not pid_alive(killed["pid"]), 15, "the orphaned command to end")
