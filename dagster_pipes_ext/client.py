@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 from dagster import (
@@ -293,7 +293,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     "[pipes] execution interrupted: stopping the process on the Dask worker "
                     f"(SIGINT, then SIGKILL after {self.termination_timeout_seconds:g}s)."
                 )
-                dask_client.sync(dask_client.scheduler.event_set, name=stop_event)
+                _scheduler_rpc(dask_client, "event_set", name=stop_event)
                 done.wait(timeout=self.termination_timeout_seconds + 10)
             if not done.is_set():
                 future.cancel()
@@ -328,17 +328,16 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             unsatisfiable_since = unsatisfiable_since or now
             if now - unsatisfiable_since >= self.worker_wait_timeout_seconds:
                 future.cancel()
+                timeout = self.worker_wait_timeout_seconds
                 raise PipesDaskNoWorkerError(
-                    _no_worker_message(
-                        workers_info, future.key, restrictions, self.worker_wait_timeout_seconds
-                    )
+                    _no_worker_message(workers_info, str(future.key), restrictions, timeout)
                 )
 
     def _outcome_of(self, future: Future, reader: PipesDaskMessageReader) -> LaunchOutcome:
         from distributed.scheduler import KilledWorker
 
         if future.status == "error":
-            exc = future.exception()
+            exc = cast(BaseException, future.exception())
             if isinstance(exc, KilledWorker):
                 raise self._worker_lost(reader.worker_address) from exc
             raise PipesDaskLaunchError(
@@ -395,9 +394,9 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         try:
             # Setting the stop event first releases the launcher's long-poll on it at once (the
             # launcher ignores it once done); a cleared event without waiters is deleted.
-            dask_client.sync(dask_client.scheduler.event_set, name=names["stop"])
+            _scheduler_rpc(dask_client, "event_set", name=names["stop"])
             for name in names.values():
-                dask_client.sync(dask_client.scheduler.event_clear, name=name)
+                _scheduler_rpc(dask_client, "event_clear", name=name)
             # Dropping the topic on the scheduler also drops this client's subscription. An
             # `unsubscribe-topic` message sent now could arrive after it and re-create the topic.
             dask_client.run_on_scheduler(_FORGET_TOPIC, topic)
@@ -419,11 +418,18 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         return self._dashboard_links[cache_key]
 
 
+def _scheduler_rpc(dask_client: Client, op: str, **kwargs: Any) -> Any:
+    """Call a scheduler handler (e.g. the event extension's) from a synchronous client."""
+    scheduler = dask_client.scheduler
+    assert scheduler is not None, "the Dask client is not connected"
+    return dask_client.sync(getattr(scheduler, op), **kwargs)
+
+
 def _dashboard_link(dask_client: Client) -> str | None:
     port = dask_client.scheduler_info(n_workers=0).get("services", {}).get("dashboard")
     if port is None:
         return None
-    if dask_client.scheduler.address.startswith("inproc://"):
+    if str(dask_client.scheduler_info(n_workers=0).get("address", "")).startswith("inproc://"):
         # The embedded cluster serves its dashboard on loopback only.
         return f"http://127.0.0.1:{port}/status"
     return dask_client.dashboard_link

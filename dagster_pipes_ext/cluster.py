@@ -65,7 +65,7 @@ def _embedded_client(threads_per_worker: int) -> Client:
         processes=False,
         n_workers=1,
         threads_per_worker=threads_per_worker,
-        dashboard_address=dashboard,
+        dashboard_address=dashboard,  # pyright: ignore[reportArgumentType]
         silence_logs=logging.WARNING,
     )
     _cache.cluster = cluster

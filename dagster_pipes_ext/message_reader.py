@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dagster import PipesMessageReader
 from dagster_pipes import PipesParams
@@ -161,7 +161,9 @@ class PipesDaskMessageReader(PipesMessageReader):
         try:
             seq = int(batch["s"])
         except (TypeError, KeyError, ValueError):
-            self._warn(f"[pipes] ignored an unexpected event on topic {self.topic!r}: {batch!r:.200}")
+            self._warn(
+                f"[pipes] ignored an unexpected event on topic {self.topic!r}: {batch!r:.200}"
+            )
             return
         if seq < self._next_seq or seq in self._pending:
             return  # a duplicate (e.g. re-read while filling a gap)
@@ -177,7 +179,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         """Recover missing batches from the scheduler's retained events for the topic."""
         self._last_progress = time.monotonic()
         try:
-            events = self._client.get_events(self.topic)
+            events = cast("tuple[tuple[float, Any], ...]", self._client.get_events(self.topic))
         except Exception as exc:
             self._warn(f"[pipes] could not re-read topic {self.topic!r}: {exc}")
             events = ()

@@ -372,7 +372,7 @@ def _run_command(
     kill_at: float | None = None
     returncode: int | None = None
     rusage = None
-    carried: tuple[str, str] | None | Literal[False] = False
+    carried: tuple[str, str] | Literal[False] | None = False
     try:
         while True:
             for line in tail.read_lines():
