@@ -23,7 +23,11 @@ pytestmark = pytest.mark.slow
 
 def _interrupt_run(tmp_path: Path, address: str, *, ignore_sigint: bool, timeout: float):
     pids_file = tmp_path / "pids"
-    env = {**os.environ, "PIDS_FILE": str(pids_file), "IGNORE_SIGINT": "1" if ignore_sigint else "0"}
+    env = {
+        **os.environ,
+        "PIDS_FILE": str(pids_file),
+        "IGNORE_SIGINT": "1" if ignore_sigint else "0",
+    }
     driver = subprocess.Popen(
         [sys.executable, script("term_driver.py"), address, str(timeout)],
         env=env,
@@ -32,10 +36,11 @@ def _interrupt_run(tmp_path: Path, address: str, *, ignore_sigint: bool, timeout
         text=True,
     )
     try:
+
         def started() -> str | None:
             if driver.poll() is not None:
                 raise AssertionError(f"driver ended early:\n{driver.stdout.read()[-3000:]}")  # type: ignore[union-attr]
-            return pids_file.exists() and pids_file.read_text() or None
+            return (pids_file.exists() and pids_file.read_text()) or None
 
         text = wait_for(started, 60, "the external process")
         pid, grandchild = (int(x) for x in text.split())

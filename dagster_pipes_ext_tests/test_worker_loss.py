@@ -1,6 +1,5 @@
 """A lost worker fails the step; the command is never re-run silently on another worker."""
 
-
 import signal
 import threading
 from collections.abc import Iterator

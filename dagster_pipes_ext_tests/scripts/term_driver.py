@@ -26,7 +26,11 @@ if __name__ == "__main__":
         scheduler_address=address,
         termination_timeout_seconds=float(sys.argv[2]),
         # The worker's environment is its own: what the script needs travels with the call.
-        env={k: os.environ[k] for k in ("PIDS_FILE", "IGNORE_SIGINT", "STARTS_FILE") if k in os.environ},
+        env={
+            k: os.environ[k]
+            for k in ("PIDS_FILE", "IGNORE_SIGINT", "STARTS_FILE")
+            if k in os.environ
+        },
     )
     with DagsterInstance.ephemeral() as instance:
         result = materialize(

@@ -80,7 +80,9 @@ class DaskProcesses:
                 pass
 
 
-def start_scheduler(workdir: Path, dashboard: bool = False) -> tuple[subprocess.Popen, str, int | None]:
+def start_scheduler(
+    workdir: Path, dashboard: bool = False
+) -> tuple[subprocess.Popen, str, int | None]:
     """Start ``dask scheduler`` on a free loopback port; return (process, address, dash port)."""
     sched_file = workdir / "scheduler.json"
     dash_port = None
@@ -99,8 +101,8 @@ def start_scheduler(workdir: Path, dashboard: bool = False) -> tuple[subprocess.
         args += ["--dashboard-address", "127.0.0.1:0"]
     else:
         args += ["--no-dashboard"]
-    log = open(workdir / "scheduler.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    with open(workdir / "scheduler.log", "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     info = wait_for(
         lambda: _read_json(sched_file), timeout=30, what="the dask scheduler to write its file"
     )
@@ -120,7 +122,9 @@ def start_worker(
     tmpdir: str | None = None,
 ) -> subprocess.Popen:
     """Start a ``dask worker`` process (by default one that cannot import dagster)."""
-    entry = [str(SUPPORT / "blocked_worker.py")] if blocked else ["-m", "distributed.cli.dask_worker"]
+    entry = (
+        [str(SUPPORT / "blocked_worker.py")] if blocked else ["-m", "distributed.cli.dask_worker"]
+    )
     args = [
         sys.executable,
         *entry,
@@ -143,8 +147,8 @@ def start_worker(
     env.pop("PYTHONPATH", None)
     if tmpdir:
         env["TMPDIR"] = tmpdir
-    log = open(workdir / f"{name}.log", "wb")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    with open(workdir / f"{name}.log", "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
 
 
 def start_cluster(
