@@ -1,0 +1,1 @@
+"""An example Dagster code location: an orders pipeline whose steps run on Dask via Pipes."""
