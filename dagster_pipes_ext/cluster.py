@@ -57,10 +57,12 @@ def resolve_scheduler_address(explicit: str | None) -> str | None:
     return str(configured) if configured else None
 
 
-def _embedded_client(threads_per_worker: int) -> Client:
+def _embedded_client(threads_per_worker: int, dashboard_wanted: bool) -> Client:
     from distributed import Client, LocalCluster
 
-    dashboard = "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
+    # The dashboard costs ~1.5 s of start-up (bokeh), and serves on loopback only.
+    has_bokeh = importlib.util.find_spec("bokeh") is not None
+    dashboard = "127.0.0.1:0" if dashboard_wanted and has_bokeh else None
     cluster = LocalCluster(
         processes=False,
         n_workers=1,
@@ -77,6 +79,7 @@ def get_dask_client(
     *,
     connect_timeout_seconds: float,
     embedded_threads_per_worker: int,
+    embedded_dashboard: bool = False,
 ) -> Client:
     """Return a connected, cached Dask client for ``address`` (``None``: embedded cluster).
 
@@ -98,7 +101,7 @@ def get_dask_client(
             if _cache.cluster is not None:
                 _close_quietly(_cache.cluster)
                 _cache.cluster = None
-            client = _embedded_client(embedded_threads_per_worker)
+            client = _embedded_client(embedded_threads_per_worker, embedded_dashboard)
         else:
             from distributed import Client
 
