@@ -5,6 +5,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from dagster import DagsterInstance
 
@@ -18,6 +19,27 @@ SCRIPTS = Path(__file__).parent / "scripts"
 _BIN = str(Path(sys.executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
     os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """After the whole session, no process started by a test (or by a command) is still alive."""
+    yield
+    close_cached_clients()
+    me = psutil.Process()
+    leftovers = [
+        p
+        for p in me.children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    descriptions = []
+    for p in leftovers:
+        try:
+            descriptions.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not descriptions, "processes left running after the tests:\n" + "\n".join(descriptions)
 
 
 @pytest.fixture(scope="session")
