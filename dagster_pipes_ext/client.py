@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import threading
@@ -41,7 +42,14 @@ from dagster_pipes_ext.errors import (
     PipesDaskWorkerLostError,
 )
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
-from dagster_pipes_ext.worker import LaunchOutcome, LaunchSpec, forget_topic, launch
+from dagster_pipes_ext.worker import (
+    LaunchOutcome,
+    LaunchSpec,
+    dashboard_served,
+    forget_topic,
+    launch,
+    task_state,
+)
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
 cloudpickle.register_pickle_by_value(_worker_module)
 _LAUNCH = lambda spec: launch(spec)  # noqa: E731
 _FORGET_TOPIC = lambda topic, dask_scheduler=None: forget_topic(topic, dask_scheduler)  # noqa: E731
+_TASK_STATE = lambda key, dask_scheduler=None: task_state(key, dask_scheduler)  # noqa: E731
+_DASHBOARD_SERVED = lambda dask_scheduler=None: dashboard_served(dask_scheduler)  # noqa: E731
 
 _LIVENESS_CHECK_SECONDS = 1.0
 
@@ -200,6 +210,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         """
         op_context = _op_context(context)
         argv = _normalize_command(command)
+        _check_env(env)
         dask_client = self.get_dask_client()
         session_id = uuid.uuid4().hex
         run_id = op_context.run_id
@@ -330,7 +341,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     future.cancel()
                     raise self._worker_lost(reader.worker_address)
                 continue
-            if _runnable_somewhere(workers_info, restrictions):
+            if not self._unrunnable(dask_client, future, workers_info, restrictions):
                 unsatisfiable_since = None
                 continue
             unsatisfiable_since = unsatisfiable_since or now
@@ -340,6 +351,24 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                 raise PipesDaskNoWorkerError(
                     _no_worker_message(workers_info, str(future.key), restrictions, timeout)
                 )
+
+    def _unrunnable(
+        self,
+        dask_client: Client,
+        future: Future,
+        workers_info: Mapping[str, Any],
+        restrictions: Mapping[str, Any],
+    ) -> bool:
+        """Whether no connected worker can run the task; the scheduler's own verdict first."""
+        if not workers_info:
+            return True  # with no worker at all the scheduler queues the task, silently
+        try:
+            state = dask_client.run_on_scheduler(_TASK_STATE, str(future.key))
+        except Exception:
+            state = None  # run_on_scheduler refused: judge from the workers' descriptions
+        if state is not None:
+            return state == "no-worker"
+        return not _runnable_somewhere(workers_info, restrictions)
 
     def _outcome_of(self, future: Future, reader: PipesDaskMessageReader) -> LaunchOutcome:
         from distributed.scheduler import KilledWorker
@@ -384,11 +413,11 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             return
         assert code is not None
         tail = outcome["stderr_tail"].rstrip()
-        how = outcome["error"] or f"exit code {code}"
+        how = f"was {outcome['error']}" if outcome["error"] else f"failed with exit code {code}"
         stopped = " after a stop request" if outcome["status"] == "stopped" else ""
         raise PipesDaskProcessError(
-            f"External process failed on Dask worker {outcome['worker']} "
-            f"(host {outcome['hostname']}) with {how}{stopped}."
+            f"External process on Dask worker {outcome['worker']} "
+            f"(host {outcome['hostname']}) {how}{stopped}."
             + (f"\nLast lines of its stderr:\n{tail}" if tail else ""),
             returncode=code,
             worker=outcome["worker"],
@@ -419,7 +448,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         if cache_key not in self._dashboard_links:
             link: str | None
             try:
-                link = _dashboard_link(dask_client)
+                link = _dashboard_link(dask_client, self.embedded_dashboard)
             except Exception:
                 link = None
             self._dashboard_links[cache_key] = link
@@ -433,14 +462,19 @@ def _scheduler_rpc(dask_client: Client, op: str, **kwargs: Any) -> Any:
     return dask_client.sync(getattr(scheduler, op), **kwargs)
 
 
-def _dashboard_link(dask_client: Client) -> str | None:
-    port = dask_client.scheduler_info(n_workers=0).get("services", {}).get("dashboard")
+def _dashboard_link(dask_client: Client, embedded_dashboard: bool) -> str | None:
+    info = dask_client.scheduler_info(n_workers=0)
+    port = info.get("services", {}).get("dashboard")
     if port is None:
         return None
-    if str(dask_client.scheduler_info(n_workers=0).get("address", "")).startswith("inproc://"):
+    if str(info.get("address", "")).startswith("inproc://"):
         # The embedded cluster serves its dashboard on loopback only.
-        return f"http://127.0.0.1:{port}/status"
-    return dask_client.dashboard_link
+        return f"http://127.0.0.1:{port}/status" if embedded_dashboard else None
+    try:
+        served = dask_client.run_on_scheduler(_DASHBOARD_SERVED)
+    except Exception:
+        served = True  # run_on_scheduler refused: trust the listed service
+    return dask_client.dashboard_link if served else None
 
 
 def _op_context(
@@ -466,6 +500,17 @@ def _normalize_command(command: str | Sequence[str]) -> list[str]:
     return argv
 
 
+def _check_env(env: Mapping[str, str] | None) -> None:
+    if env is None:
+        return
+    bad = {k: v for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise TypeError(
+            f"PipesDaskClient.run(env=...) takes string names and values; not: {bad!r}. "
+            "Convert the values with str()."
+        )
+
+
 def _partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
     """Deliver a multi-partition run's key range and time window, which Dagster core omits."""
     try:
@@ -489,10 +534,16 @@ def _partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
 
 
 def _runnable_somewhere(workers_info: Mapping[str, Any], restrictions: Mapping[str, Any]) -> bool:
+    from distributed.comm.addressing import resolve_address
+
     resources = restrictions.get("resources") or {}
-    allowed = restrictions.get("workers")
+    allowed: set[str] = set()
+    for entry in restrictions.get("workers") or ():
+        allowed.add(str(entry))
+        with contextlib.suppress(ValueError, TypeError):
+            allowed.add(resolve_address(str(entry)))  # "127.0.0.1:8788" → "tcp://127.0.0.1:8788"
     for address, info in workers_info.items():
-        if allowed and not {address, info.get("name"), info.get("host")} & set(allowed):
+        if allowed and not {address, str(info.get("name")), info.get("host")} & allowed:
             continue
         have = info.get("resources") or {}
         if all(have.get(name, 0) >= amount for name, amount in resources.items()):

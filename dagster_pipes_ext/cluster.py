@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -58,16 +58,25 @@ def resolve_scheduler_address(explicit: str | None) -> str | None:
 
 
 def _embedded_client(threads_per_worker: int, dashboard_wanted: bool) -> Client:
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, Worker
 
-    # The dashboard costs ~1.5 s of start-up (bokeh), and serves on loopback only.
+    class LoopbackWorker(Worker):
+        """A worker whose HTTP server (health, metrics) listens on loopback only."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.update(dashboard=False, dashboard_address="127.0.0.1:0")
+            super().__init__(*args, **kwargs)
+
+    # The dashboard costs ~1.5 s of start-up (bokeh). The scheduler and worker start HTTP servers
+    # (health, metrics) even without it, by default on the host's address: keep them on loopback.
     has_bokeh = importlib.util.find_spec("bokeh") is not None
-    dashboard = "127.0.0.1:0" if dashboard_wanted and has_bokeh else None
     cluster = LocalCluster(
         processes=False,
         n_workers=1,
         threads_per_worker=threads_per_worker,
-        dashboard_address=dashboard,  # pyright: ignore[reportArgumentType]
+        worker_class=LoopbackWorker,
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": dashboard_wanted and has_bokeh},
         silence_logs=logging.WARNING,
     )
     _cache.cluster = cluster
@@ -107,6 +116,11 @@ def get_dask_client(
 
             try:
                 client = Client(address, timeout=connect_timeout_seconds, set_as_default=False)
+            except ValueError as exc:
+                raise DaskConnectionError(
+                    f"The Dask scheduler address {address!r} is not valid ({exc}). Use the form "
+                    "tcp://host:port in `scheduler_address` or DASK_SCHEDULER_ADDRESS."
+                ) from exc
             except (OSError, TimeoutError) as exc:
                 raise DaskConnectionError(
                     f"Could not connect to the Dask scheduler at {address!r} within "

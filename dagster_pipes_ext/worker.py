@@ -464,3 +464,21 @@ def forget_topic(topic: str, dask_scheduler: Any = None) -> bool:
     if topics is None:
         return False
     return topics.pop(topic, None) is not None
+
+
+def task_state(key: str, dask_scheduler: Any = None) -> str | None:
+    """The scheduler's state of a task (run with ``run_on_scheduler``), ``None`` if unknown.
+
+    ``"no-worker"`` means no connected worker satisfies the task's restrictions.
+    """
+    tasks = getattr(dask_scheduler, "tasks", None)
+    ts = tasks.get(key) if tasks is not None else None
+    return None if ts is None else str(ts.state)
+
+
+def dashboard_served(dask_scheduler: Any = None) -> bool:
+    """Whether the scheduler process serves the bokeh dashboard (run with ``run_on_scheduler``).
+
+    The scheduler lists an HTTP "dashboard" service even when it serves only health and metrics.
+    """
+    return "distributed.dashboard.scheduler" in sys.modules

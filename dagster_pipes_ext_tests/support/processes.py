@@ -97,9 +97,9 @@ def start_scheduler(
         "--scheduler-file",
         str(sched_file),
     ]
-    if dashboard:
-        args += ["--dashboard-address", "127.0.0.1:0"]
-    else:
+    # Even without a dashboard the scheduler serves HTTP (health, metrics): loopback, free port.
+    args += ["--dashboard-address", "127.0.0.1:0"]
+    if not dashboard:
         args += ["--no-dashboard"]
     with open(workdir / "scheduler.log", "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)

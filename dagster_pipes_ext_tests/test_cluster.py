@@ -1,0 +1,383 @@
+"""Which Dask cluster PipesDaskClient uses, how commands are given, and where they run."""
+
+import os
+import shlex
+import socket
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import dask
+import pytest
+from dagster import (
+    AssetExecutionContext,
+    Definitions,
+    EnvVar,
+    ExecuteInProcessResult,
+    asset,
+    materialize,
+)
+from distributed import Client
+
+from dagster_pipes_ext import (
+    PipesDaskClient,
+    PipesDaskSchedulerUnreachableError,
+    close_cached_clients,
+)
+from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.support.processes import DaskProcesses, wait_for
+
+ENV_REPORT = script("env_report.py")
+SANITY_SECONDS = 30.0
+
+
+def _free_port() -> int:
+    """A loopback TCP port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dead_address() -> str:
+    return f"tcp://127.0.0.1:{_free_port()}"
+
+
+def _worker_addresses(address: str) -> list[str]:
+    with Client(address, timeout=10, set_as_default=False) as client:
+        return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _probe_asset(captured: dict[str, Any], run_kwargs: dict[str, Any]):
+    @asset
+    def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        invocation = dask_pipes.run(context=context, **run_kwargs)
+        captured["messages"] = list(invocation.get_custom_messages())
+        captured["metadata"] = dict(invocation.metadata)
+        captured["dask_client"] = dask_pipes.get_dask_client()
+        return invocation.get_materialize_result()
+
+    return probe
+
+
+def _run(
+    pipes: PipesDaskClient, **run_kwargs: Any
+) -> tuple[ExecuteInProcessResult, dict[str, Any]]:
+    """Materialize one asset that runs ``run_kwargs`` through ``pipes``; return what it saw."""
+    run_kwargs.setdefault("command", ["python", ENV_REPORT])
+    captured: dict[str, Any] = {}
+    started = time.monotonic()
+    result = materialize([_probe_asset(captured, run_kwargs)], resources={"dask_pipes": pipes})
+    assert time.monotonic() - started < SANITY_SECONDS
+    assert result.success
+    return result, captured
+
+
+def _facts(captured: dict[str, Any]) -> dict[str, Any]:
+    [facts] = captured["messages"]
+    return facts
+
+
+def _worker_of(result: ExecuteInProcessResult) -> str:
+    [materialization] = result.asset_materializations_for_node("probe")
+    return materialization.metadata["dask/worker"].value  # type: ignore[return-value]
+
+
+# -- cluster resolution -----------------------------------------------------------------------
+
+
+def test_no_address_uses_the_embedded_cluster() -> None:
+    """With no address anywhere, the command runs on the embedded in-process cluster."""
+    assert dask.config.get("scheduler-address", None) is None
+    pipes = PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3)
+    result, captured = _run(pipes)
+    worker = _worker_of(result)
+    assert worker.startswith("inproc://")
+    assert captured["metadata"]["dask/worker"].value == worker
+    assert captured["dask_client"].scheduler.address.startswith("inproc://")
+    assert _facts(captured)["pid"] != os.getpid()
+
+
+def test_scheduler_address_field_uses_the_separate_cluster(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """An explicit `scheduler_address` runs the command on that cluster's tcp worker."""
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address,
+        connect_timeout_seconds=2,
+        worker_wait_timeout_seconds=3,
+    )
+    result, captured = _run(pipes)
+    worker = _worker_of(result)
+    assert worker.startswith("tcp://127.0.0.1:")
+    assert worker in _worker_addresses(separate_cluster.address)
+    assert captured["dask_client"].scheduler.address == separate_cluster.address
+
+
+def test_dask_scheduler_address_env_var_uses_the_separate_cluster(
+    separate_cluster: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DASK_SCHEDULER_ADDRESS` in the environment selects the separate cluster."""
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", separate_cluster.address)
+    result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+def test_env_var_config_in_materialize_resources(
+    separate_cluster: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scheduler_address=EnvVar(...)` in `materialize(resources=...)` resolves at run time."""
+    monkeypatch.setenv("PIPES_EXT_TEST_SCHEDULER", separate_cluster.address)
+    pipes = PipesDaskClient(
+        scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER"),
+        connect_timeout_seconds=2,
+        worker_wait_timeout_seconds=3,
+    )
+    result, _ = _run(pipes)
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+def test_env_var_config_in_definitions(
+    separate_cluster: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scheduler_address=EnvVar(...)` in `Definitions` resources reaches the separate cluster."""
+    monkeypatch.setenv("PIPES_EXT_TEST_SCHEDULER", separate_cluster.address)
+    captured: dict[str, Any] = {}
+    defs = Definitions(
+        assets=[_probe_asset(captured, {"command": ["python", ENV_REPORT]})],
+        resources={
+            "dask_pipes": PipesDaskClient(
+                scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER"),
+                connect_timeout_seconds=2,
+                worker_wait_timeout_seconds=3,
+            )
+        },
+    )
+    started = time.monotonic()
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process()
+    assert time.monotonic() - started < SANITY_SECONDS
+    assert result.success
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+def test_dask_config_scheduler_address_uses_the_separate_cluster(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """Dask's `scheduler-address` config selects the separate cluster."""
+    with dask.config.set({"scheduler-address": separate_cluster.address}):
+        result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+def test_explicit_field_beats_env_var(
+    separate_cluster: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explicit `scheduler_address` wins over a (dead) `DASK_SCHEDULER_ADDRESS`."""
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", _dead_address())
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address,
+        connect_timeout_seconds=2,
+        worker_wait_timeout_seconds=3,
+    )
+    result, _ = _run(pipes)
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+def test_env_var_beats_dask_config(
+    separate_cluster: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DASK_SCHEDULER_ADDRESS` wins over a (dead) Dask `scheduler-address` config value."""
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", separate_cluster.address)
+    with dask.config.set({"scheduler-address": _dead_address()}):
+        result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
+# -- cached clients ---------------------------------------------------------------------------
+
+
+def test_cached_clients_are_reused_and_closed(separate_cluster: DaskProcesses) -> None:
+    """One process reuses one Dask client per address across runs until `close_cached_clients`."""
+    separate = PipesDaskClient(scheduler_address=separate_cluster.address)
+    embedded = PipesDaskClient()
+    first_separate = separate.get_dask_client()
+    first_embedded = embedded.get_dask_client()
+    assert PipesDaskClient(scheduler_address=separate_cluster.address).get_dask_client() is (
+        first_separate
+    )
+    assert PipesDaskClient().get_dask_client() is first_embedded
+    assert first_separate is not first_embedded
+
+    _, captured_a = _run(separate)
+    _, captured_b = _run(PipesDaskClient(scheduler_address=separate_cluster.address))
+    assert captured_a["dask_client"] is first_separate
+    assert captured_b["dask_client"] is first_separate
+    _, captured_c = _run(embedded)
+    assert captured_c["dask_client"] is first_embedded
+
+    close_cached_clients()
+    assert first_separate.status == "closed"
+    assert first_embedded.status == "closed"
+
+    again = separate.get_dask_client()
+    assert again is not first_separate
+    assert again.status == "running"
+    _, captured_d = _run(separate)
+    assert captured_d["dask_client"] is again
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def test_command_as_string_is_split_with_shlex(separate_cluster: DaskProcesses) -> None:
+    """A string command is split like a shell would, quoting included."""
+    pipes = PipesDaskClient(scheduler_address=separate_cluster.address)
+    command = f"python {shlex.quote(ENV_REPORT)} --flag x --name 'two words'"
+    _, captured = _run(pipes, command=command)
+    assert _facts(captured)["argv"] == ["--flag", "x", "--name", "two words"]
+
+
+def test_command_as_list_is_passed_verbatim(separate_cluster: DaskProcesses) -> None:
+    """A list command reaches the process argument by argument, without shell splitting."""
+    pipes = PipesDaskClient(scheduler_address=separate_cluster.address)
+    _, captured = _run(pipes, command=("python", ENV_REPORT, "--flag", "x y", "$HOME"))
+    assert _facts(captured)["argv"] == ["--flag", "x y", "$HOME"]
+
+
+@pytest.mark.parametrize(
+    ("command", "error", "match"),
+    [
+        ([1, 2], TypeError, r"takes a string or a sequence of strings, got \[1, 2\]"),
+        (["python", 3], TypeError, "takes a string or a sequence of strings"),
+        (None, TypeError, "takes a string or a sequence of strings, got None"),
+        (b"python", TypeError, "takes a string or a sequence of strings"),
+        ("", ValueError, r"run\(command=\.\.\.\) is empty"),
+        ("   ", ValueError, r"run\(command=\.\.\.\) is empty"),
+        ([], ValueError, r"run\(command=\.\.\.\) is empty"),
+    ],
+    ids=["ints", "mixed", "none", "bytes", "empty-string", "blank-string", "empty-list"],
+)
+def test_invalid_command_fails_before_connecting(
+    command: Any, error: type[Exception], match: str
+) -> None:
+    """An invalid command is rejected with a clear message before any scheduler is contacted."""
+    # A dead scheduler address: reaching it would raise PipesDaskSchedulerUnreachableError.
+    pipes = PipesDaskClient(scheduler_address=_dead_address(), connect_timeout_seconds=2)
+    captured: dict[str, Any] = {}
+    started = time.monotonic()
+    with pytest.raises(error, match=match) as excinfo:
+        materialize([_probe_asset(captured, {"command": command})], resources={"dask_pipes": pipes})
+    assert not isinstance(excinfo.value, PipesDaskSchedulerUnreachableError)
+    assert time.monotonic() - started < SANITY_SECONDS
+    assert captured == {}
+
+
+# -- env and cwd ------------------------------------------------------------------------------
+
+
+def test_env_and_cwd_fields_reach_the_process(
+    separate_cluster: DaskProcesses, tmp_path: Path
+) -> None:
+    """The resource's `env` and `cwd` apply to the command on the worker."""
+    field_dir = tmp_path / "field-cwd"
+    field_dir.mkdir()
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address,
+        env={"PIPES_TEST_VALUE": "from-field", "PIPES_TEST_OTHER": "field-other"},
+        cwd=str(field_dir),
+    )
+    result, captured = _run(pipes)
+    facts = _facts(captured)
+    assert facts["cwd"] == os.path.realpath(field_dir)
+    assert facts["env"] == {"PIPES_TEST_VALUE": "from-field", "PIPES_TEST_OTHER": "field-other"}
+    [materialization] = result.asset_materializations_for_node("probe")
+    assert materialization.metadata["pipes_test_value"].value == "from-field"
+    assert materialization.metadata["cwd"].value == os.path.realpath(field_dir)
+
+
+def test_per_call_env_and_cwd_override_the_fields(
+    separate_cluster: DaskProcesses, tmp_path: Path
+) -> None:
+    """`run(env=..., cwd=...)` overrides the resource's values key by key and directory."""
+    field_dir = tmp_path / "field-cwd"
+    call_dir = tmp_path / "call-cwd"
+    field_dir.mkdir()
+    call_dir.mkdir()
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address,
+        env={"PIPES_TEST_VALUE": "from-field", "PIPES_TEST_OTHER": "field-other"},
+        cwd=str(field_dir),
+    )
+    result, captured = _run(
+        pipes, env={"PIPES_TEST_VALUE": "from-call", "PIPES_TEST_CALL": "1"}, cwd=str(call_dir)
+    )
+    facts = _facts(captured)
+    assert facts["cwd"] == os.path.realpath(call_dir)
+    assert facts["env"] == {
+        "PIPES_TEST_VALUE": "from-call",
+        "PIPES_TEST_OTHER": "field-other",
+        "PIPES_TEST_CALL": "1",
+    }
+    [materialization] = result.asset_materializations_for_node("probe")
+    assert materialization.metadata["pipes_test_value"].value == "from-call"
+
+
+# -- placement --------------------------------------------------------------------------------
+
+
+def test_resources_run_on_the_worker_offering_them(separate_cluster: DaskProcesses) -> None:
+    """`resources={"SLOTS": 1}` runs on the separate cluster's worker that offers SLOTS=4."""
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address, worker_wait_timeout_seconds=3
+    )
+    result, _ = _run(pipes, resources={"SLOTS": 1})
+    worker = _worker_of(result)
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+    assert info[worker]["resources"] == {"SLOTS": 4}
+
+
+@pytest.mark.parametrize("form", ["address-list", "address-string", "name", "host"])
+def test_workers_restriction_runs_on_that_worker(
+    separate_cluster: DaskProcesses, form: str
+) -> None:
+    """`workers=` given as an address (list or bare string), a worker name or a host works."""
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
+        [(address, info)] = client.scheduler_info(n_workers=-1)["workers"].items()
+    workers = {
+        "address-list": [address],
+        "address-string": address,
+        "name": [str(info["name"])],
+        "host": [info["host"]],
+    }[form]
+    pipes = PipesDaskClient(
+        scheduler_address=separate_cluster.address, worker_wait_timeout_seconds=3
+    )
+    result, _ = _run(pipes, workers=workers)
+    assert _worker_of(result) == address
+
+
+@pytest.mark.parametrize("scheme", ["with-scheme", "without-scheme"])
+def test_busy_matching_worker_is_waited_for(separate_cluster: DaskProcesses, scheme: str) -> None:
+    """A task restricted to a busy worker waits for its SLOTS instead of failing as no-worker."""
+    # Dask accepts a worker address with or without its `tcp://` scheme in `workers=`; both name
+    # the one connected worker here, so both must wait the few seconds the worker is busy.
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
+        [address] = client.scheduler_info(n_workers=-1)["workers"]
+        restriction = address if scheme == "with-scheme" else address.removeprefix("tcp://")
+        # Occupy all 4 SLOTS for longer than worker_wait_timeout_seconds.
+        blocker = client.submit(
+            lambda: __import__("time").sleep(5) or "done", resources={"SLOTS": 4}, pure=False
+        )
+        wait_for(
+            lambda: cast(dict, client.processing(workers=[address])).get(address),
+            timeout=10,
+            what="the blocker to occupy the worker",
+        )
+        pipes = PipesDaskClient(
+            scheduler_address=separate_cluster.address, worker_wait_timeout_seconds=3
+        )
+        try:
+            result, _ = _run(pipes, workers=[restriction], resources={"SLOTS": 1})
+        finally:
+            assert blocker.result(timeout=30) == "done"
+    assert _worker_of(result) == address
