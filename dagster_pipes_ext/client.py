@@ -215,7 +215,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         session_id = uuid.uuid4().hex
         run_id = op_context.run_id
         topic = f"dagster-pipes/{run_id}/{session_id}"
-        key = f"dagster-pipes-{op_context.op.name}-{run_id[:8]}-{session_id[:12]}"
+        key = f"dagster-pipes-{_node_name(op_context)}-{run_id[:8]}-{session_id[:12]}"
         injector = PipesDaskContextInjector(overrides=_partition_overrides(op_context))
         reader = PipesDaskMessageReader(
             dask_client=dask_client,
@@ -483,6 +483,13 @@ def _op_context(
     if isinstance(context, (AssetExecutionContext, AssetCheckExecutionContext)):
         return context.op_execution_context
     return context
+
+
+def _node_name(context: OpExecutionContext) -> str:
+    try:
+        return context.op.name
+    except Exception:  # directly invoked (build_asset_context): there is no node, only its def
+        return context.op_def.name
 
 
 def _normalize_command(command: str | Sequence[str]) -> list[str]:
