@@ -277,7 +277,11 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     reader.set_last_seq(outcome["last_seq"])
                 self._raise_for_outcome(outcome, reader)
         finally:
-            self._forget_session(dask_client, topic, names)
+            # A launcher still running here was lost track of (worker lost, interrupted): stop
+            # it, unless the user asked for external processes to outlive the step.
+            self._forget_session(
+                dask_client, topic, names, stop=outcome is not None or self.forward_termination
+            )
 
         assert outcome is not None
         metadata: dict[str, Any] = {
@@ -426,12 +430,16 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
 
     # -- scheduler hygiene ----------------------------------------------------------------
 
-    def _forget_session(self, dask_client: Client, topic: str, names: Mapping[str, str]) -> None:
+    def _forget_session(
+        self, dask_client: Client, topic: str, names: Mapping[str, str], *, stop: bool
+    ) -> None:
         """Leave nothing of the session on a (possibly long-lived, shared) scheduler."""
         try:
-            # Setting the stop event first releases the launcher's long-poll on it at once (the
-            # launcher ignores it once done); a cleared event without waiters is deleted.
-            _scheduler_rpc(dask_client, "event_set", name=names["stop"])
+            # Setting the stop event first releases the launcher's long-poll on it at once (a
+            # finished launcher ignores it); a cleared event without waiters is deleted, and one
+            # still waited on is deleted when its last waiter times out.
+            if stop:
+                _scheduler_rpc(dask_client, "event_set", name=names["stop"])
             for name in names.values():
                 _scheduler_rpc(dask_client, "event_clear", name=name)
             # Dropping the topic on the scheduler also drops this client's subscription. An
