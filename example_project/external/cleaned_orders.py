@@ -7,31 +7,12 @@ fails, Dagster shows it, and the run still succeeds.
 
 import csv
 import hashlib
-import os
-import tempfile
 from collections import Counter
-from pathlib import Path
 
+from _shared import COLUMNS, data_dir
 from dagster_pipes import open_dagster_pipes
 
-COLUMNS = [
-    "order_id",
-    "order_date",
-    "customer_id",
-    "customer_email",
-    "product",
-    "quantity",
-    "unit_price",
-    "amount",
-]
-
-
-def data_dir(extras) -> Path:
-    """The folder shared by the pipeline's scripts (from the `data_dir` extra)."""
-    default = os.path.join(tempfile.gettempdir(), "dagster_pipes_ext_example")
-    path = Path(extras.get("data_dir") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+CLEANED_COLUMNS = [*COLUMNS, "amount"]  # the raw columns, then "amount"
 
 
 def main() -> None:
@@ -62,7 +43,7 @@ def main() -> None:
 
         out_path = folder / "cleaned_orders.csv"
         with out_path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(f, fieldnames=CLEANED_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(cleaned)
         revenue = round(sum(float(r["amount"]) for r in cleaned), 2)

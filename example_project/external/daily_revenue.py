@@ -6,22 +6,12 @@ day's orders are generated deterministically from it, so every partition can be 
 
 import hashlib
 import json
-import os
 import random
-import tempfile
-from pathlib import Path
 
+from _shared import data_dir
 from dagster_pipes import open_dagster_pipes
 
 PRODUCTS = {"widget": 9.99, "gadget": 24.50, "gizmo": 4.25, "doohickey": 99.00}
-
-
-def data_dir(extras) -> Path:
-    """The folder shared by the pipeline's scripts (from the `data_dir` extra)."""
-    default = os.path.join(tempfile.gettempdir(), "dagster_pipes_ext_example")
-    path = Path(extras.get("data_dir") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def main() -> None:

@@ -4,20 +4,11 @@ With several assets in scope, each `report_asset_materialization` call names its
 """
 
 import csv
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from _shared import data_dir
 from dagster_pipes import open_dagster_pipes
-
-
-def data_dir(extras) -> Path:
-    """The folder shared by the pipeline's scripts (from the `data_dir` extra)."""
-    default = os.path.join(tempfile.gettempdir(), "dagster_pipes_ext_example")
-    path = Path(extras.get("data_dir") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:

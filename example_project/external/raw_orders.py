@@ -9,12 +9,10 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
 import random
 import sys
-import tempfile
-from pathlib import Path
 
+from _shared import COLUMNS, data_dir
 from dagster_pipes import open_dagster_pipes
 
 NUM_ORDERS = 200
@@ -24,24 +22,7 @@ PRODUCTS = {"widget": 9.99, "gadget": 24.50, "gizmo": 4.25, "doohickey": 99.00}
 MISSING_EMAIL = {17, 58, 103, 150}  # order indexes without a customer email
 CANCELLED = {9, 77, 188}  # order indexes with quantity 0
 DUPLICATED = [3, 40, 41, 99, 120, 170]  # order indexes exported twice
-COLUMNS = [
-    "order_id",
-    "order_date",
-    "customer_id",
-    "customer_email",
-    "product",
-    "quantity",
-    "unit_price",
-]
 COLUMN_TYPES = {"quantity": "int", "unit_price": "float"}
-
-
-def data_dir(extras) -> Path:
-    """The folder shared by the pipeline's scripts (from the `data_dir` extra)."""
-    default = os.path.join(tempfile.gettempdir(), "dagster_pipes_ext_example")
-    path = Path(extras.get("data_dir") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def generate_orders() -> list[dict]:

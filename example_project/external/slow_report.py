@@ -9,19 +9,10 @@ the run is terminated, PipesDaskClient sends SIGINT to the whole process group o
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
+from _shared import data_dir
 from dagster_pipes import open_dagster_pipes
-
-
-def data_dir(extras) -> Path:
-    """The folder shared by the pipeline's scripts (from the `data_dir` extra)."""
-    default = os.path.join(tempfile.gettempdir(), "dagster_pipes_ext_example")
-    path = Path(extras.get("data_dir") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def main() -> None:
