@@ -184,10 +184,39 @@ def _pump_stream(fd: int, kind: str, out: queue.Queue[tuple[str, str] | None]) -
             os.close(fd)
 
 
+def _with_deathsig(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[list[str], Any]:
+    """Make the command die with the worker thread that started it (Linux ``PDEATHSIG``).
+
+    Returns the argv to start and a preexec function (or ``None``). util-linux's ``setpriv`` sets
+    the signal and then execs the command, keeping the fast ``vfork`` path of ``subprocess``; a
+    preexec function forces a full ``fork`` of the (large) worker process instead, measured at
+    ~6-13 ms per launch. The program is resolved first so that a missing command still raises
+    ``FileNotFoundError`` here rather than failing inside ``setpriv``.
+    """
+    if not sys.platform.startswith("linux"):
+        return argv, None
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return argv, _pdeathsig_preexec()
+    if cwd is not None and not os.path.isdir(cwd):
+        raise FileNotFoundError(2, "No such file or directory", cwd)
+    program = argv[0]
+    if os.sep in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file or directory", program)
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise PermissionError(13, "Permission denied", program)
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(2, "No such file or directory", program)
+        path = found
+    return [setpriv, "--pdeathsig", "KILL", "--", path, *argv[1:]], None
+
+
 def _pdeathsig_preexec() -> Any:
     """A preexec function that kills the child if the launching worker dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
     try:
         import ctypes
 
@@ -324,15 +353,16 @@ def _run_command(
         {"worker": outcome["worker"], "hostname": outcome["hostname"]},
     )
     try:
+        argv, preexec = _with_deathsig(spec["command"], env, spec["cwd"])
         proc = subprocess.Popen(
-            spec["command"],
+            argv,
             cwd=spec["cwd"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if forward else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_pdeathsig_preexec(),
+            preexec_fn=preexec,
         )
     except OSError as exc:
         outcome["error"] = _launch_error(spec, exc)
