@@ -1,6 +1,8 @@
 """A lost worker fails the step; the command is never re-run silently on another worker."""
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +24,20 @@ from dagster_pipes_ext_tests.support.processes import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
+# The worker's own PATH decides how the launcher sets PDEATHSIG: through `setpriv` when it is on
+# it, else through a preexec function. The command's PATH (passed with the call) has both.
+BIN = os.path.dirname(sys.executable)
+COMMAND_PATH = os.pathsep.join([BIN, "/usr/local/bin", "/usr/bin", "/bin"])
+
+
+@pytest.fixture(
+    params=[(1, None), (2, None), (1, {"PATH": BIN})],
+    ids=["one-worker", "two-workers", "one-worker-without-setpriv"],
+)
 def doomed_cluster(request: pytest.FixtureRequest) -> Iterator[DaskProcesses]:
     """A separate cluster of its own, since the test kills one of its workers."""
-    cluster = start_cluster(request.param, nthreads=2)
+    n_workers, worker_env = request.param
+    cluster = start_cluster(n_workers, nthreads=2, worker_env=worker_env)
     try:
         yield cluster
     finally:
@@ -43,7 +55,11 @@ def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, t
         return dask_pipes.run(
             context=context,
             command=["python", script("term_sleeper.py")],
-            env={"PIDS_FILE": str(pids_file), "STARTS_FILE": str(starts_file)},
+            env={
+                "PIDS_FILE": str(pids_file),
+                "STARTS_FILE": str(starts_file),
+                "PATH": COMMAND_PATH,
+            },
         ).get_materialize_result()
 
     killed: dict[str, int] = {}

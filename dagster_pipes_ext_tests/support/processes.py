@@ -120,6 +120,7 @@ def start_worker(
     resources: str | None = None,
     blocked: bool = True,
     tmpdir: str | None = None,
+    env_overrides: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a ``dask worker`` process (by default one that cannot import dagster)."""
     entry = (
@@ -147,6 +148,7 @@ def start_worker(
     env.pop("PYTHONPATH", None)
     if tmpdir:
         env["TMPDIR"] = tmpdir
+    env.update(env_overrides or {})
     with open(workdir / f"{name}.log", "wb") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
 
@@ -157,6 +159,7 @@ def start_cluster(
     resources: str | None = None,
     dashboard: bool = False,
     nthreads: int = 4,
+    worker_env: dict[str, str] | None = None,
 ) -> DaskProcesses:
     """Start a scheduler and ``n_workers`` import-blocked workers with their own cwd and TMPDIR."""
     from distributed import Client
@@ -181,6 +184,7 @@ def start_cluster(
                     resources=resources,
                     tmpdir=str(worker_tmp),
                     nthreads=nthreads,
+                    env_overrides=worker_env,
                 )
             )
         with Client(address, timeout=30, set_as_default=False) as c:
