@@ -60,3 +60,19 @@ def test_partial_lines_from_a_non_python_writer(pipes_client: PipesDaskClient, t
     assert [m["i"] for m in received] == list(range(20))
     mat = result.asset_materializations_for_node("raw")[0]
     assert mat.metadata["pieces"].value == 20
+
+
+def test_huge_metadata_arrives_whole(pipes_client: PipesDaskClient) -> None:
+    """A single 8 MiB message line travels as one event and arrives intact."""
+
+    @asset
+    def huge(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context, command=["python", script("stream_huge.py")], env={"SIZE_MB": "8"}
+        ).get_materialize_result()
+
+    result = materialize([huge], resources={"dask_pipes": pipes_client})
+    assert result.success
+    metadata = result.asset_materializations_for_node("huge")[0].metadata
+    assert metadata["size"].value == 8 * 1024 * 1024
+    assert metadata["blob"].value == "x" * (8 * 1024 * 1024)
