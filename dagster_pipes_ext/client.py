@@ -321,7 +321,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             if not done.is_set():
                 future.cancel()
             raise
-        return self._outcome_of(future, reader)
+        return self._outcome_of(dask_client, future, reader)
 
     def _watch(
         self,
@@ -339,6 +339,8 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             if now < next_check:
                 continue
             next_check = now + _LIVENESS_CHECK_SECONDS
+            if dask_client.status != "running":
+                continue  # reconnecting: the client cancels the future if the scheduler is gone
             workers_info = dask_client.scheduler_info(n_workers=-1).get("workers", {})
             if reader.started.is_set():
                 if reader.worker_address not in workers_info and not done.is_set():
@@ -374,7 +376,9 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             return state == "no-worker"
         return not _runnable_somewhere(workers_info, restrictions)
 
-    def _outcome_of(self, future: Future, reader: PipesDaskMessageReader) -> LaunchOutcome:
+    def _outcome_of(
+        self, dask_client: Client, future: Future, reader: PipesDaskMessageReader
+    ) -> LaunchOutcome:
         from distributed.scheduler import KilledWorker
 
         if future.status == "error":
@@ -386,6 +390,12 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if future.status == "cancelled":
+            if dask_client.status != "running":
+                raise PipesDaskSchedulerUnreachableError(
+                    f"The connection to the Dask scheduler was lost while task {future.key!r} "
+                    "ran. The launcher stops the command when its worker loses the scheduler; "
+                    "add a Dagster RetryPolicy to run it again once the scheduler is back."
+                )
             raise PipesDaskError(f"The Dask task {future.key!r} was cancelled on the cluster.")
         outcome: LaunchOutcome = future.result()
         if outcome["status"] == "redelivered":
@@ -434,6 +444,8 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         self, dask_client: Client, topic: str, names: Mapping[str, str], *, stop: bool
     ) -> None:
         """Leave nothing of the session on a (possibly long-lived, shared) scheduler."""
+        if dask_client.status != "running":
+            return  # the scheduler is gone, and with it everything the session left there
         try:
             # Setting the stop event first releases the launcher's long-poll on it at once (a
             # finished launcher ignores it); a cleared event without waiters is deleted, and one

@@ -259,6 +259,11 @@ def _watch_stop(worker: Any, name: str, stop: threading.Event, done: threading.E
                 return
 
 
+def _worker_closing(worker: Any) -> bool:
+    status = getattr(getattr(worker, "status", None), "name", "")
+    return status in ("closing", "closed", "failed")
+
+
 def _describe_signal(returncode: int) -> str:
     try:
         return signal.Signals(-returncode).name
@@ -444,6 +449,11 @@ def _run_command(
                 sender.flush()
                 break
 
+            if not stop.is_set() and _worker_closing(worker):
+                # A worker that lost its scheduler closes, but first waits for running tasks:
+                # nobody could collect this result or stop this command any more.
+                stop.set()
+                sender.add(REC_NOTE, "[pipes] the Dask worker is closing: stopping the command")
             if stop.is_set() and kill_at is None and returncode is None:
                 kill_at = time.monotonic() + spec["termination_timeout_seconds"]
                 _signal_group(proc.pid, signal.SIGINT)

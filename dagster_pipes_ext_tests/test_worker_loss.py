@@ -93,3 +93,39 @@ def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, t
     finally:
         # PDEATHSIG covers the command itself, not what it started (see docs/design.md).
         stop_pid(killed["grandchild"])
+
+
+def test_lost_scheduler_fails_step_and_stops_command(tmp_path: Path) -> None:
+    """Killing the scheduler mid-run fails the step clearly and the worker stops the command."""
+    cluster = start_cluster(1, nthreads=2)
+    pids_file = tmp_path / "pids"
+
+    @asset
+    def orphaned(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context,
+            command=["python", script("term_sleeper.py")],
+            env={"PIDS_FILE": str(pids_file)},
+        ).get_materialize_result()
+
+    def kill_scheduler() -> None:
+        wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
+        cluster.scheduler.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_scheduler, daemon=True)
+    killer.start()
+    try:
+        client = PipesDaskClient(scheduler_address=cluster.address)
+        result = materialize([orphaned], resources={"dask_pipes": client}, raise_on_error=False)
+        killer.join(timeout=60)
+        assert not result.success
+        failure = result.failure_data_for_node("orphaned")
+        assert failure is not None and failure.error is not None and failure.error.cause
+        assert failure.error.cause.cls_name == "PipesDaskSchedulerUnreachableError"
+        assert "connection to the Dask scheduler was lost" in failure.error.cause.message
+        pid, grandchild = (int(x) for x in pids_file.read_text().split())
+        wait_for(lambda: not pid_alive(pid), 30, "the command to be stopped")
+        wait_for(lambda: not pid_alive(grandchild), 30, "the command's child to be stopped")
+    finally:
+        close_cached_clients()
+        cluster.stop()
