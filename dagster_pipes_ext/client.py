@@ -244,6 +244,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     "cwd": cwd or self.cwd,
                     "context_data": dict(injector.context_data),
                     "forward_stdio": self.forward_stdio,
+                    "stop_when_abandoned": self.forward_termination,
                     "termination_timeout_seconds": self.termination_timeout_seconds,
                     "max_batch_bytes": self.max_batch_bytes,
                     "poll_interval_seconds": self.poll_interval_seconds,

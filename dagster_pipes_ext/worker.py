@@ -64,6 +64,7 @@ class LaunchSpec(TypedDict):
     cwd: str | None
     context_data: dict[str, Any]
     forward_stdio: bool
+    stop_when_abandoned: bool
     termination_timeout_seconds: float
     max_batch_bytes: int
     poll_interval_seconds: float
@@ -259,6 +260,23 @@ def _watch_stop(worker: Any, name: str, stop: threading.Event, done: threading.E
                 return
 
 
+def _current_task_key() -> Any:
+    try:
+        from distributed.worker import thread_state
+
+        return getattr(thread_state, "key", None)
+    except ImportError:
+        return None
+
+
+def _abandoned(worker: Any, key: Any) -> bool:
+    """Whether the scheduler released this task (Dask never interrupts a running one)."""
+    if key is None:
+        return False
+    ts = getattr(getattr(worker, "state", None), "tasks", {}).get(key)
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+
 def _worker_closing(worker: Any) -> bool:
     status = getattr(getattr(worker, "status", None), "name", "")
     return status in ("closing", "closed", "failed")
@@ -402,6 +420,8 @@ def _run_command(
         name="pipes-stop-watch",
     ).start()
 
+    task_key = _current_task_key()
+    abandoned = False
     tail = _LineTail(messages_path)
     poll = spec["poll_interval_seconds"]
     kill_at: float | None = None
@@ -449,6 +469,11 @@ def _run_command(
                 sender.flush()
                 break
 
+            if not stop.is_set() and spec["stop_when_abandoned"] and _abandoned(worker, task_key):
+                # The scheduler released the task: its client (the Dagster step) is gone.
+                abandoned = True
+                stop.set()
+                sender.add(REC_NOTE, "[pipes] the Dagster step is gone: stopping the command")
             if not stop.is_set() and _worker_closing(worker):
                 # A worker that lost its scheduler closes, but first waits for running tasks:
                 # nobody could collect this result or stop this command any more.
@@ -490,7 +515,24 @@ def _run_command(
     if returncode is not None and returncode < 0:
         outcome["error"] = f"killed by {_describe_signal(returncode)}"
     outcome["last_seq"] = sender.last_seq
+    if abandoned:
+        _forget_abandoned_session(worker, spec)
     return outcome
+
+
+def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
+    """Do the orchestrator's clean-up on the scheduler, since the orchestrator is gone."""
+    try:
+        for name in (spec["claim_event"], spec["stop_event"]):
+            _rpc(worker, "event_clear", name=name)
+        from distributed import get_client
+
+        topic = spec["topic"]
+        get_client().run_on_scheduler(
+            lambda dask_scheduler=None: forget_topic(topic, dask_scheduler)
+        )
+    except Exception:
+        pass  # best effort: a scheduler that refuses run_on_scheduler keeps the topic
 
 
 def forget_topic(topic: str, dask_scheduler: Any = None) -> bool:
