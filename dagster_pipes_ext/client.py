@@ -46,7 +46,7 @@ from dagster_pipes_ext.worker import (
     LaunchOutcome,
     LaunchSpec,
     dashboard_served,
-    forget_topic,
+    forget_session,
     launch,
     task_state,
 )
@@ -60,7 +60,9 @@ if TYPE_CHECKING:
 # value, together with the registered module's functions they call.
 cloudpickle.register_pickle_by_value(_worker_module)
 _LAUNCH = lambda spec: launch(spec)  # noqa: E731
-_FORGET_TOPIC = lambda topic, dask_scheduler=None: forget_topic(topic, dask_scheduler)  # noqa: E731
+_FORGET_SESSION = lambda topic, events, stop, dask_scheduler=None: forget_session(  # noqa: E731
+    topic, events, stop, dask_scheduler
+)
 _TASK_STATE = lambda key, dask_scheduler=None: task_state(key, dask_scheduler)  # noqa: E731
 _DASHBOARD_SERVED = lambda dask_scheduler=None: dashboard_served(dask_scheduler)  # noqa: E731
 
@@ -447,22 +449,27 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         """Leave nothing of the session on a (possibly long-lived, shared) scheduler."""
         if dask_client.status != "running":
             return  # the scheduler is gone, and with it everything the session left there
+        events = [names["claim"], names["stop"]]
         try:
-            # Setting the stop event first releases the launcher's long-poll on it at once (a
-            # finished launcher ignores it); a cleared event without waiters is deleted, and one
-            # still waited on is deleted when its last waiter times out.
+            # One call does it all. Dropping the topic on the scheduler also drops this client's
+            # subscription: an `unsubscribe-topic` message sent now could arrive after the
+            # removal (it travels on another channel) and re-create the topic.
+            dask_client.run_on_scheduler(_FORGET_SESSION, topic, events, stop)
+            getattr(dask_client, "_event_handlers", {}).pop(topic, None)
+            return
+        except Exception:
+            logger.debug(
+                "run_on_scheduler refused; cleaning up %s call by call", topic, exc_info=True
+            )
+        try:
+            # Without run_on_scheduler (`distributed.scheduler.pickle: false`) an empty topic stays.
             if stop:
                 _scheduler_rpc(dask_client, "event_set", name=names["stop"])
-            for name in names.values():
+            for name in events:
                 _scheduler_rpc(dask_client, "event_clear", name=name)
-            # Dropping the topic on the scheduler also drops this client's subscription. An
-            # `unsubscribe-topic` message sent now could arrive after it and re-create the topic.
-            dask_client.run_on_scheduler(_FORGET_TOPIC, topic)
-            getattr(dask_client, "_event_handlers", {}).pop(topic, None)
-        except Exception:
             dask_client.unsubscribe_topic(topic)
-            # A scheduler that forbids run_on_scheduler keeps the topic; nothing else depends on it.
-            logger.debug("could not remove session %s from the scheduler", topic, exc_info=True)
+        except Exception:
+            logger.debug("could not clean session %s from the scheduler", topic, exc_info=True)
 
     def _dashboard_link(self, dask_client: Client) -> str | None:
         cache_key = id(dask_client)

@@ -522,17 +522,36 @@ def _run_command(
 
 def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
     """Do the orchestrator's clean-up on the scheduler, since the orchestrator is gone."""
+    topic, events = spec["topic"], [spec["claim_event"], spec["stop_event"]]
     try:
-        for name in (spec["claim_event"], spec["stop_event"]):
-            _rpc(worker, "event_clear", name=name)
         from distributed import get_client
 
-        topic = spec["topic"]
         get_client().run_on_scheduler(
-            lambda dask_scheduler=None: forget_topic(topic, dask_scheduler)
+            lambda dask_scheduler=None: forget_session(topic, events, False, dask_scheduler)
         )
     except Exception:
-        pass  # best effort: a scheduler that refuses run_on_scheduler keeps the topic
+        # run_on_scheduler refused: clear the events at least (the empty topic stays).
+        for name in events:
+            with contextlib.suppress(Exception):
+                _rpc(worker, "event_clear", name=name)
+
+
+def forget_session(
+    topic: str, events: list[str], release_launcher: bool, dask_scheduler: Any = None
+) -> bool:
+    """Remove a finished session's events and topic in one scheduler call.
+
+    Setting the stop event first releases a launcher's long-poll on it at once (a finished
+    launcher ignores it); a cleared event without waiters is deleted, and one still waited on is
+    deleted when its last waiter times out.
+    """
+    extension = getattr(dask_scheduler, "extensions", {}).get("events")
+    if extension is not None:
+        if release_launcher:
+            extension.event_set(name=events[-1])
+        for name in events:
+            extension.event_clear(name=name)
+    return forget_topic(topic, dask_scheduler)
 
 
 def forget_topic(topic: str, dask_scheduler: Any = None) -> bool:

@@ -81,7 +81,7 @@ class DaskProcesses:
 
 
 def start_scheduler(
-    workdir: Path, dashboard: bool = False
+    workdir: Path, dashboard: bool = False, env_overrides: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str, int | None]:
     """Start ``dask scheduler`` on a free loopback port; return (process, address, dash port)."""
     sched_file = workdir / "scheduler.json"
@@ -102,7 +102,13 @@ def start_scheduler(
     if not dashboard:
         args += ["--no-dashboard"]
     with open(workdir / "scheduler.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, **(env_overrides or {})},
+        )
     info = wait_for(
         lambda: _read_json(sched_file), timeout=30, what="the dask scheduler to write its file"
     )
@@ -160,13 +166,14 @@ def start_cluster(
     dashboard: bool = False,
     nthreads: int = 4,
     worker_env: dict[str, str] | None = None,
+    scheduler_env: dict[str, str] | None = None,
 ) -> DaskProcesses:
     """Start a scheduler and ``n_workers`` import-blocked workers with their own cwd and TMPDIR."""
     from distributed import Client
 
     workdir = Path(tempfile.mkdtemp(prefix="pipes-dask-cluster-"))
     worker_tmp = Path(tempfile.mkdtemp(prefix="pipes-dask-worker-tmp-"))
-    proc, address, dash = start_scheduler(workdir, dashboard=dashboard)
+    proc, address, dash = start_scheduler(workdir, dashboard=dashboard, env_overrides=scheduler_env)
     cluster = DaskProcesses(
         address=address,
         scheduler=proc,
