@@ -74,6 +74,9 @@ def _embedded_client(threads_per_worker: int, dashboard_wanted: bool) -> Client:
         processes=False,
         n_workers=1,
         threads_per_worker=threads_per_worker,
+        # In-process, the worker would measure (and pause on) the Dagster process's memory; it
+        # holds no data, only launchers, so memory management stays off.
+        memory_limit=0,
         worker_class=LoopbackWorker,
         dashboard_address="127.0.0.1:0",
         scheduler_kwargs={"dashboard": dashboard_wanted and has_bokeh},
