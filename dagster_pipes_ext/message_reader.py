@@ -22,6 +22,7 @@ from dagster_pipes_ext.worker import (
     REC_STDERR,
     REC_STDOUT,
     EventBatch,
+    subscribe_topic,
 )
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from distributed import Client
 
 READER_PARAM = "dask_topic"
+# A lambda: pickled by value for the scheduler, which cannot import this package.
+_SUBSCRIBE = lambda topic, client_id, dask_scheduler=None: subscribe_topic(  # noqa: E731
+    topic, client_id, dask_scheduler
+)
 _STOP = object()
 _MAX_MALFORMED_WARNINGS = 10
 _GAP_FILL_AFTER_SECONDS = 1.0
@@ -95,7 +100,7 @@ class PipesDaskMessageReader(PipesMessageReader):
             Params naming the topic; the external process receives stock file params instead.
         """
         self._handler = handler
-        self._client.subscribe_topic(self.topic, self._on_event)
+        self._subscribe()
         consumer = threading.Thread(target=self._consume, daemon=True, name="pipes-dask-reader")
         consumer.start()
         try:
@@ -117,6 +122,17 @@ class PipesDaskMessageReader(PipesMessageReader):
         return 1
 
     # The subscription outlives the session: PipesDaskClient drops it together with the topic.
+
+    def _subscribe(self) -> None:
+        handlers = getattr(self._client, "_event_handlers", None)
+        if isinstance(handlers, dict):
+            handlers[self.topic] = self._on_event
+            try:
+                self._client.run_on_scheduler(_SUBSCRIBE, self.topic, self._client.id)
+                return
+            except Exception:
+                handlers.pop(self.topic, None)  # run_on_scheduler refused: the batched way
+        self._client.subscribe_topic(self.topic, self._on_event)
 
     def set_last_seq(self, last_seq: int) -> None:
         """Tell the reader the sequence number of the launcher's final batch."""

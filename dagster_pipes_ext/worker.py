@@ -536,6 +536,16 @@ def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
                 _rpc(worker, "event_clear", name=name)
 
 
+def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> None:
+    """Subscribe a client to a topic (run with ``run_on_scheduler``).
+
+    Unlike ``Client.subscribe_topic``, whose message rides the client's batched stream and holds
+    the next message (the task submission) back for the stream's 10 ms interval, this is an
+    acknowledged call: once it returns, the subscription is in place.
+    """
+    dask_scheduler.subscribe_topic(topic, client_id)
+
+
 def forget_session(
     topic: str, events: list[str], release_launcher: bool, dask_scheduler: Any = None
 ) -> bool:
