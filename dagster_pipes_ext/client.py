@@ -67,6 +67,7 @@ _TASK_STATE = lambda key, dask_scheduler=None: task_state(key, dask_scheduler)  
 _DASHBOARD_SERVED = lambda dask_scheduler=None: dashboard_served(dask_scheduler)  # noqa: E731
 
 _LIVENESS_CHECK_SECONDS = 1.0
+_RPC_TIMEOUT_SECONDS = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -487,7 +488,7 @@ def _scheduler_rpc(dask_client: Client, op: str, **kwargs: Any) -> Any:
     """Call a scheduler handler (e.g. the event extension's) from a synchronous client."""
     scheduler = dask_client.scheduler
     assert scheduler is not None, "the Dask client is not connected"
-    return dask_client.sync(getattr(scheduler, op), **kwargs)
+    return dask_client.sync(getattr(scheduler, op), callback_timeout=_RPC_TIMEOUT_SECONDS, **kwargs)
 
 
 def _dashboard_link(dask_client: Client, embedded_dashboard: bool) -> str | None:
