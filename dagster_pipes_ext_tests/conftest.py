@@ -1,13 +1,12 @@
-from __future__ import annotations
-
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetExecutionContext, AssetsDefinition, DagsterInstance, asset
 
 from dagster_pipes_ext import PipesDaskClient, close_cached_clients
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
@@ -91,3 +90,17 @@ def _no_scheduler_address_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def script(name: str) -> str:
     """The absolute path of an external script under dagster_pipes_ext_tests/scripts."""
     return str(SCRIPTS / name)
+
+
+def script_asset(name: str, script_name: str, **run_kwargs: Any) -> AssetsDefinition:
+    """An asset named `name` that runs scripts/<script_name> through PipesDaskClient."""
+
+    # No docstring and no `from __future__ import annotations` here: Dagster reads the real
+    # annotations to recognize the context and to inject the `dask_pipes` resource.
+    @asset(name=name)
+    def _asset(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context, command=["python", script(script_name)], **run_kwargs
+        ).get_materialize_result()
+
+    return _asset

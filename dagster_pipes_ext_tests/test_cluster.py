@@ -47,6 +47,11 @@ def _worker_addresses(address: str) -> list[str]:
         return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
+def _quick(**fields: Any) -> PipesDaskClient:
+    """A PipesDaskClient that gives up within seconds on a dead scheduler or a missing worker."""
+    return PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3, **fields)
+
+
 def _probe_asset(captured: dict[str, Any], run_kwargs: dict[str, Any]):
     @asset
     def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
@@ -82,13 +87,19 @@ def _worker_of(result: ExecuteInProcessResult) -> str:
     return materialization.metadata["dask/worker"].value  # type: ignore[return-value]
 
 
+def _assert_runs_on(cluster: DaskProcesses, pipes: PipesDaskClient) -> None:
+    """Materialize the probe through ``pipes``; it must have run on one of ``cluster``'s workers."""
+    result, _ = _run(pipes)
+    assert _worker_of(result) in _worker_addresses(cluster.address)
+
+
 # -- cluster resolution -----------------------------------------------------------------------
 
 
 def test_no_address_uses_the_embedded_cluster() -> None:
     """With no address anywhere, the command runs on the embedded in-process cluster."""
     assert dask.config.get("scheduler-address", None) is None
-    pipes = PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3)
+    pipes = _quick()
     result, captured = _run(pipes)
     worker = _worker_of(result)
     assert worker.startswith("inproc://")
@@ -101,11 +112,7 @@ def test_scheduler_address_field_uses_the_separate_cluster(
     separate_cluster: DaskProcesses,
 ) -> None:
     """An explicit `scheduler_address` runs the command on that cluster's tcp worker."""
-    pipes = PipesDaskClient(
-        scheduler_address=separate_cluster.address,
-        connect_timeout_seconds=2,
-        worker_wait_timeout_seconds=3,
-    )
+    pipes = _quick(scheduler_address=separate_cluster.address)
     result, captured = _run(pipes)
     worker = _worker_of(result)
     assert worker.startswith("tcp://127.0.0.1:")
@@ -118,8 +125,7 @@ def test_dask_scheduler_address_env_var_uses_the_separate_cluster(
 ) -> None:
     """`DASK_SCHEDULER_ADDRESS` in the environment selects the separate cluster."""
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", separate_cluster.address)
-    result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
-    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+    _assert_runs_on(separate_cluster, _quick())
 
 
 def test_env_var_config_in_materialize_resources(
@@ -127,13 +133,7 @@ def test_env_var_config_in_materialize_resources(
 ) -> None:
     """`scheduler_address=EnvVar(...)` in `materialize(resources=...)` resolves at run time."""
     monkeypatch.setenv("PIPES_EXT_TEST_SCHEDULER", separate_cluster.address)
-    pipes = PipesDaskClient(
-        scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER"),
-        connect_timeout_seconds=2,
-        worker_wait_timeout_seconds=3,
-    )
-    result, _ = _run(pipes)
-    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+    _assert_runs_on(separate_cluster, _quick(scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER")))
 
 
 def test_env_var_config_in_definitions(
@@ -144,13 +144,7 @@ def test_env_var_config_in_definitions(
     captured: dict[str, Any] = {}
     defs = Definitions(
         assets=[_probe_asset(captured, {"command": ["python", ENV_REPORT]})],
-        resources={
-            "dask_pipes": PipesDaskClient(
-                scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER"),
-                connect_timeout_seconds=2,
-                worker_wait_timeout_seconds=3,
-            )
-        },
+        resources={"dask_pipes": _quick(scheduler_address=EnvVar("PIPES_EXT_TEST_SCHEDULER"))},
     )
     started = time.monotonic()
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process()
@@ -164,7 +158,7 @@ def test_dask_config_scheduler_address_uses_the_separate_cluster(
 ) -> None:
     """Dask's `scheduler-address` config selects the separate cluster."""
     with dask.config.set({"scheduler-address": separate_cluster.address}):
-        result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
+        result, _ = _run(_quick())
     assert _worker_of(result) in _worker_addresses(separate_cluster.address)
 
 
@@ -173,13 +167,7 @@ def test_explicit_field_beats_env_var(
 ) -> None:
     """An explicit `scheduler_address` wins over a (dead) `DASK_SCHEDULER_ADDRESS`."""
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", _dead_address())
-    pipes = PipesDaskClient(
-        scheduler_address=separate_cluster.address,
-        connect_timeout_seconds=2,
-        worker_wait_timeout_seconds=3,
-    )
-    result, _ = _run(pipes)
-    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+    _assert_runs_on(separate_cluster, _quick(scheduler_address=separate_cluster.address))
 
 
 def test_env_var_beats_dask_config(
@@ -188,7 +176,7 @@ def test_env_var_beats_dask_config(
     """`DASK_SCHEDULER_ADDRESS` wins over a (dead) Dask `scheduler-address` config value."""
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", separate_cluster.address)
     with dask.config.set({"scheduler-address": _dead_address()}):
-        result, _ = _run(PipesDaskClient(connect_timeout_seconds=2, worker_wait_timeout_seconds=3))
+        result, _ = _run(_quick())
     assert _worker_of(result) in _worker_addresses(separate_cluster.address)
 
 

@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 from dagster import (
-    AssetExecutionContext,
     AssetKey,
     DagsterEventType,
     DagsterInstance,
     MetadataValue,
-    asset,
     materialize,
 )
 from dagster._core.storage.compute_log_manager import CapturedLogData
 
 from dagster_pipes_ext import PipesDaskClient
-from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.conftest import script_asset
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,24 +38,13 @@ def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
 
 
-def _stdio_asset():
-    @asset
-    def proto_stdio(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=["python", script("proto_stdio.py")]
-        ).get_materialize_result()
-
-    return proto_stdio
-
-
 def test_stdout_and_stderr_are_in_compute_logs(
     pipes_client: PipesDaskClient, instance: DagsterInstance
 ) -> None:
     """Lines the script prints to stdout and stderr are in the step's captured compute logs, in
     order and on the right stream."""
-    result = materialize(
-        [_stdio_asset()], instance=instance, resources={"dask_pipes": pipes_client}
-    )
+    proto_stdio = script_asset("proto_stdio", "proto_stdio.py")
+    result = materialize([proto_stdio], instance=instance, resources={"dask_pipes": pipes_client})
     assert result.success
     captured = _captured(instance, result.run_id, "proto_stdio")
     assert captured is not None
@@ -88,7 +75,8 @@ def test_forward_stdio_false_keeps_stdio_out_of_compute_logs(
         forward_stdio=False,
         termination_timeout_seconds=5,
     )
-    result = materialize([_stdio_asset()], instance=instance, resources={"dask_pipes": quiet})
+    proto_stdio = script_asset("proto_stdio", "proto_stdio.py")
+    result = materialize([proto_stdio], instance=instance, resources={"dask_pipes": quiet})
     assert result.success
     captured = _captured(instance, result.run_id, "proto_stdio")
     assert captured is not None
@@ -110,13 +98,9 @@ def test_logs_and_stdout_arrive_while_the_process_runs(
     seen: dict[str, Any] = {}
     errors: list[BaseException] = []
 
-    @asset
-    def proto_live(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context,
-            command=["python", script("proto_wait_for_gate.py")],
-            extras={"gate": str(gate), "timeout": LIVE_TIMEOUT},
-        ).get_materialize_result()
+    proto_live = script_asset(
+        "proto_live", "proto_wait_for_gate.py", extras={"gate": str(gate), "timeout": LIVE_TIMEOUT}
+    )
 
     def watch() -> None:
         try:

@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, asset, materialize
 from distributed import Client
 
 from dagster_pipes_ext import PipesDaskClient, PipesDaskNoWorkerError, close_cached_clients
-from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.conftest import script_asset
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
 
 
@@ -18,12 +18,7 @@ def _scheduler_state(dask_scheduler=None) -> dict:
 
 def test_sessions_leave_no_topics_events_or_tasks(separate_cluster: DaskProcesses) -> None:
     """After successful and failed runs, none of their topics, events or tasks stay behind."""
-
-    @asset
-    def tidy(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=["python", script("stream_flood.py")], env={"COUNT": "50"}
-        ).get_materialize_result()
+    tidy = script_asset("tidy", "stream_flood.py", env={"COUNT": "50"})
 
     @asset
     def failing(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
@@ -52,12 +47,7 @@ def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
         scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__BLOCKED_HANDLERS": '["run_function"]'},
     )
     try:
-
-        @asset
-        def guarded(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-            return dask_pipes.run(
-                context=context, command=["python", script("stream_flood.py")], env={"COUNT": "20"}
-            ).get_materialize_result()
+        guarded = script_asset("guarded", "stream_flood.py", env={"COUNT": "20"})
 
         @asset
         def greedy(context: AssetExecutionContext, dask_pipes: PipesDaskClient):

@@ -22,6 +22,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
     DagsterEventType,
@@ -69,7 +70,7 @@ from dagster._utils.error import SerializableErrorInfo
 
 from dagster_pipes_ext import PipesDaskClient
 from dagster_pipes_ext.errors import PipesDaskProcessError
-from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.conftest import script, script_asset
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,6 +95,19 @@ def _user_logs(instance: DagsterInstance, run_id: str) -> list[EventLogEntry]:
 
 def _log_texts(instance: DagsterInstance, run_id: str) -> list[str]:
     return [e.user_message for e in _user_logs(instance, run_id)]
+
+
+def _materialize_with_logs(
+    assets_def: AssetsDefinition,
+    pipes_client: PipesDaskClient,
+    instance: DagsterInstance,
+    **kwargs: Any,
+) -> tuple[ExecuteInProcessResult, list[str]]:
+    """Materialize one asset on `instance` through `pipes_client`; return it and its log texts."""
+    result = materialize(
+        [assets_def], instance=instance, resources={"dask_pipes": pipes_client}, **kwargs
+    )
+    return result, _log_texts(instance, result.run_id)
 
 
 def _engine_events(instance: DagsterInstance, run_id: str) -> list[EventLogEntry]:
@@ -234,12 +248,7 @@ def test_logs_metadata_of_every_type_and_data_version(
     """Logs at info/warning/error and a materialization with every Pipes metadata type, raw and
     explicitly typed, plus its data version and the Dask invocation metadata, reach the run's event
     log intact."""
-
-    @asset
-    def proto_all_types(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_materialize_all.py")
-        ).get_materialize_result()
+    proto_all_types = script_asset("proto_all_types", "proto_materialize_all.py")
 
     result = materialize(
         [proto_all_types], instance=instance, resources={"dask_pipes": pipes_client}
@@ -703,12 +712,7 @@ def test_exit_code_3_before_opening_pipes(
 ) -> None:
     """A script exiting 3 before opening Pipes raises PipesDaskProcessError naming exit code 3 and
     its stderr tail, and the run warns that no messages arrived."""
-
-    @asset
-    def proto_exit3(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_exit_before_pipes.py")
-        ).get_materialize_result()
+    proto_exit3 = script_asset("proto_exit3", "proto_exit_before_pipes.py")
 
     started = time.monotonic()
     with pytest.raises(PipesDaskProcessError) as info:
@@ -729,12 +733,7 @@ def test_import_error_before_opening_pipes(
 ) -> None:
     """A script failing at import raises PipesDaskProcessError with exit code 1 and the
     ModuleNotFoundError in the message."""
-
-    @asset
-    def proto_import_fails(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_import_error.py")
-        ).get_materialize_result()
+    proto_import_fails = script_asset("proto_import_fails", "proto_import_error.py")
 
     with pytest.raises(PipesDaskProcessError) as info:
         materialize([proto_import_fails], instance=instance, resources={"dask_pipes": pipes_client})
@@ -749,12 +748,7 @@ def test_exit_zero_without_opening_pipes(
 ) -> None:
     """A script exiting 0 without opening Pipes does not hang: the run warns that no messages
     arrived and the asset gets an implicit materialization."""
-
-    @asset
-    def proto_silent(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_no_pipes.py")
-        ).get_materialize_result()
+    proto_silent = script_asset("proto_silent", "proto_no_pipes.py")
 
     started = time.monotonic()
     result = materialize([proto_silent], instance=instance, resources={"dask_pipes": pipes_client})
@@ -773,18 +767,10 @@ def test_process_exiting_without_closed_message(
 ) -> None:
     """A script that reports and then os._exit(0)s inside its block still delivers the
     materialization, with a warning that `closed` never arrived."""
+    proto_no_close = script_asset("proto_no_close", "proto_no_close.py")
 
-    @asset
-    def proto_no_close(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_no_close.py")
-        ).get_materialize_result()
-
-    result = materialize(
-        [proto_no_close], instance=instance, resources={"dask_pipes": pipes_client}
-    )
+    result, texts = _materialize_with_logs(proto_no_close, pipes_client, instance)
     assert result.success
-    texts = _log_texts(instance, result.run_id)
     assert "proto before abrupt exit" in texts
     assert sum(NO_CLOSED_WARNING in t for t in texts) == 1
     assert not any(NO_MESSAGES_WARNING in t for t in texts)
@@ -798,18 +784,10 @@ def test_non_json_serializable_custom_payload_fails_step(
 ) -> None:
     """report_custom_message(object()) fails inside the script, so the step fails with
     PipesDaskProcessError naming the serialization problem."""
+    proto_bad_payload = script_asset("proto_bad_payload", "proto_bad_payload.py")
 
-    @asset
-    def proto_bad_payload(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_bad_payload.py")
-        ).get_materialize_result()
-
-    result = materialize(
-        [proto_bad_payload],
-        instance=instance,
-        resources={"dask_pipes": pipes_client},
-        raise_on_error=False,
+    result, texts = _materialize_with_logs(
+        proto_bad_payload, pipes_client, instance, raise_on_error=False
     )
     assert not result.success
     cause = _pipes_cause(_step_failure_error(result))
@@ -817,7 +795,6 @@ def test_non_json_serializable_custom_payload_fails_step(
     # the message writer's json.dumps raises inside the script; its traceback is the stderr tail
     assert "context.report_custom_message(object())" in cause.message
     assert "TypeError: Object of type object is not JSON serializable" in cause.message
-    texts = _log_texts(instance, result.run_id)
     assert "proto sending a bad payload" in texts
     closed = [
         e
@@ -854,18 +831,10 @@ def test_malformed_lines_are_skipped_with_warnings(
 ) -> None:
     """Garbage, partial-JSON, non-message and unterminated lines in the messages file are skipped
     with one warning each, while later messages still arrive and the run succeeds."""
+    proto_malformed = script_asset("proto_malformed", "proto_malformed.py")
 
-    @asset
-    def proto_malformed(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=_cmd("proto_malformed.py")
-        ).get_materialize_result()
-
-    result = materialize(
-        [proto_malformed], instance=instance, resources={"dask_pipes": pipes_client}
-    )
+    result, texts = _materialize_with_logs(proto_malformed, pipes_client, instance)
     assert result.success
-    texts = _log_texts(instance, result.run_id)
     skipped = [t for t in texts if MALFORMED_WARNING in t]
     assert len(skipped) == 4, skipped
     assert "this is not json at all" in skipped[0]
@@ -893,13 +862,12 @@ def test_retry_policy_reruns_failed_step(
             context=context, command=_cmd("proto_fail_first_attempt.py")
         ).get_materialize_result()
 
-    result = materialize([proto_retried], instance=instance, resources={"dask_pipes": pipes_client})
+    result, texts = _materialize_with_logs(proto_retried, pipes_client, instance)
     assert result.success
     assert attempts == [0, 1]
     event_types = [e.event_type for e in result.all_events]
     assert DagsterEventType.STEP_UP_FOR_RETRY in event_types
     assert DagsterEventType.STEP_RESTARTED in event_types
-    texts = _log_texts(instance, result.run_id)
     assert "proto attempt with retry_number=0" in texts
     assert "proto attempt with retry_number=1" in texts
     records = instance.fetch_materializations(AssetKey("proto_retried"), limit=10).records

@@ -6,7 +6,7 @@ import pytest
 from dagster import AssetExecutionContext, asset, materialize
 
 from dagster_pipes_ext import PipesDaskClient
-from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.conftest import script, script_asset
 
 
 def _flood_asset(count: int, sink: list):
@@ -64,12 +64,7 @@ def test_partial_lines_from_a_non_python_writer(pipes_client: PipesDaskClient, t
 
 def test_huge_metadata_arrives_whole(pipes_client: PipesDaskClient) -> None:
     """A single 8 MiB message line travels as one event and arrives intact."""
-
-    @asset
-    def huge(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context, command=["python", script("stream_huge.py")], env={"SIZE_MB": "8"}
-        ).get_materialize_result()
+    huge = script_asset("huge", "stream_huge.py", env={"SIZE_MB": "8"})
 
     result = materialize([huge], resources={"dask_pipes": pipes_client})
     assert result.success

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dagster import AssetExecutionContext, asset, materialize
+from dagster import materialize
 
 from dagster_pipes_ext import PipesDaskClient, PipesDaskWorkerLostError, close_cached_clients
-from dagster_pipes_ext_tests.conftest import script
+from dagster_pipes_ext_tests.conftest import script_asset
 from dagster_pipes_ext_tests.support.processes import (
     DaskProcesses,
     pid_alive,
@@ -50,17 +50,11 @@ def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, t
     pids_file = tmp_path / "pids"
     starts_file = tmp_path / "starts"
 
-    @asset
-    def fragile(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context,
-            command=["python", script("term_sleeper.py")],
-            env={
-                "PIDS_FILE": str(pids_file),
-                "STARTS_FILE": str(starts_file),
-                "PATH": COMMAND_PATH,
-            },
-        ).get_materialize_result()
+    fragile = script_asset(
+        "fragile",
+        "term_sleeper.py",
+        env={"PIDS_FILE": str(pids_file), "STARTS_FILE": str(starts_file), "PATH": COMMAND_PATH},
+    )
 
     killed: dict[str, int] = {}
 
@@ -100,13 +94,7 @@ def test_lost_scheduler_fails_step_and_stops_command(tmp_path: Path) -> None:
     cluster = start_cluster(1, nthreads=2)
     pids_file = tmp_path / "pids"
 
-    @asset
-    def orphaned(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        return dask_pipes.run(
-            context=context,
-            command=["python", script("term_sleeper.py")],
-            env={"PIDS_FILE": str(pids_file)},
-        ).get_materialize_result()
+    orphaned = script_asset("orphaned", "term_sleeper.py", env={"PIDS_FILE": str(pids_file)})
 
     def kill_scheduler() -> None:
         wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
