@@ -14,6 +14,10 @@ One call of :func:`launch` is one Pipes session on the worker. It:
    them as batched, sequence-numbered scheduler events on the session's topic;
 4. obeys the session's stop event (SIGINT to the group, SIGKILL after a timeout);
 5. returns a :class:`LaunchOutcome`.
+
+It also holds the small functions the client runs on the scheduler with ``run_on_scheduler``
+(subscribe, task state, dashboard check, session clean-up): the scheduler cannot import this
+package either, so they travel the same way.
 """
 
 from __future__ import annotations
