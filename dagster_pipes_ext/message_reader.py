@@ -56,6 +56,14 @@ class PipesDaskMessageReader(PipesMessageReader):
         forward_stdio: Write the external process's stdout/stderr to the step's compute logs.
         log: Where launcher notices and reader warnings go (the step's ``context.log``).
         drain_timeout_seconds: How long closing the session waits for messages still in flight.
+
+    Attributes:
+        started: Set once the launcher has started on a worker.
+        worker_address: The address of that worker.
+        worker_hostname: The host it runs on.
+        pid: The external process's id on that host, once it started.
+        message_count: Pipes messages handed to Dagster so far.
+        lost_batches: Batches given up on as never arriving (normally 0).
     """
 
     def __init__(
