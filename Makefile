@@ -6,6 +6,7 @@ VENV := .venv
 PORT ?= 3000
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # External commands say "python": it must be this environment's interpreter.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -36,6 +37,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pyright
+
+# Every scenario, every client, interleaved, in one process; JSON lands in benchmarks/results/.
+# The dagster-ray peer needs the optional `ray` group: installed here when possible, else skipped.
+bench: install
+	$(UV) sync --frozen --group ray || echo "bench: could not install the ray group; the Ray peer will be skipped"
+	$(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 format: install
 	$(VENV)/bin/ruff check --fix .
