@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shlex
 import threading
@@ -24,7 +25,7 @@ from dagster import (
     open_pipes_session,
 )
 from dagster_pipes import PipesExtras
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from dagster_pipes_ext import worker as _worker_module
 from dagster_pipes_ext.cluster import (
@@ -45,6 +46,7 @@ from dagster_pipes_ext.message_reader import PipesDaskMessageReader
 from dagster_pipes_ext.worker import (
     LaunchOutcome,
     LaunchSpec,
+    cached_entry,
     dashboard_served,
     forget_session,
     launch,
@@ -59,7 +61,14 @@ if TYPE_CHECKING:
 # reference first), so the submitted callables are lambdas, which cloudpickle always pickles by
 # value, together with the registered module's functions they call.
 cloudpickle.register_pickle_by_value(_worker_module)
-_LAUNCH = lambda spec: launch(spec)  # noqa: E731
+
+
+@functools.cache
+def _launch_entry() -> Any:
+    """The task function: the launcher, pickled once per orchestrator process."""
+    return cached_entry(cloudpickle.dumps(lambda spec: launch(spec)))
+
+
 _FORGET_SESSION = lambda topic, events, stop, dask_scheduler=None: forget_session(  # noqa: E731
     topic, events, stop, dask_scheduler
 )
@@ -67,6 +76,8 @@ _TASK_STATE = lambda key, dask_scheduler=None: task_state(key, dask_scheduler)  
 _DASHBOARD_SERVED = lambda dask_scheduler=None: dashboard_served(dask_scheduler)  # noqa: E731
 
 _LIVENESS_CHECK_SECONDS = 1.0
+# The dashboard link of each scheduler connection (Client.id), looked up once.
+_dashboard_links: dict[tuple[str, bool], str | None] = {}
 _RPC_TIMEOUT_SECONDS = 10.0
 
 logger = logging.getLogger(__name__)
@@ -151,8 +162,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     max_batch_bytes: int = Field(
         default=128 * 1024, description="Largest batch of messages/stdio in one scheduler event."
     )
-
-    _dashboard_links: dict[int, str | None] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -257,7 +266,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     "workers": [workers] if isinstance(workers, str) else workers,
                 }
                 future = dask_client.submit(
-                    _LAUNCH,
+                    _launch_entry(),
                     spec,
                     key=key,
                     pure=False,
@@ -310,7 +319,8 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         stop_event: str,
         restrictions: Mapping[str, Any],
     ) -> LaunchOutcome:
-        done = threading.Event()
+        # Done when the launcher's last batch was handled, or when the task ended otherwise.
+        done = reader.ended
         future.add_done_callback(lambda _f: done.set())
         try:
             self._watch(dask_client, future, done, reader, restrictions)
@@ -385,6 +395,8 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     ) -> LaunchOutcome:
         from distributed.scheduler import KilledWorker
 
+        if reader.outcome is not None:
+            return reader.outcome
         if future.status == "error":
             exc = cast(BaseException, future.exception())
             if isinstance(exc, KilledWorker):
@@ -473,15 +485,16 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             logger.debug("could not clean session %s from the scheduler", topic, exc_info=True)
 
     def _dashboard_link(self, dask_client: Client) -> str | None:
-        cache_key = id(dask_client)
-        if cache_key not in self._dashboard_links:
+        # Dagster builds a new resource object for every run: cache per connection instead.
+        cache_key = (dask_client.id, self.embedded_dashboard)
+        if cache_key not in _dashboard_links:
             link: str | None
             try:
                 link = _dashboard_link(dask_client, self.embedded_dashboard)
             except Exception:
                 link = None
-            self._dashboard_links[cache_key] = link
-        return self._dashboard_links[cache_key]
+            _dashboard_links[cache_key] = link
+        return _dashboard_links[cache_key]
 
 
 def _scheduler_rpc(dask_client: Client, op: str, **kwargs: Any) -> Any:

@@ -15,13 +15,15 @@ from dagster import PipesMessageReader
 from dagster_pipes import PipesParams
 
 from dagster_pipes_ext.worker import (
-    REC_MESSAGE,
+    REC_END,
+    REC_MESSAGES,
     REC_NOTE,
     REC_PID,
     REC_START,
     REC_STDERR,
     REC_STDOUT,
     EventBatch,
+    LaunchOutcome,
     subscribe_topic,
 )
 
@@ -64,6 +66,8 @@ class PipesDaskMessageReader(PipesMessageReader):
         pid: The external process's id on that host, once it started.
         message_count: Pipes messages handed to Dagster so far.
         lost_batches: Batches given up on as never arriving (normally 0).
+        outcome: The launcher's outcome, once its last batch was handled (after every message).
+        ended: Set together with ``outcome``.
     """
 
     def __init__(
@@ -94,6 +98,8 @@ class PipesDaskMessageReader(PipesMessageReader):
         self.pid: int | None = None
         self.message_count = 0
         self.lost_batches = 0
+        self.outcome: LaunchOutcome | None = None
+        self.ended = threading.Event()
 
     # -- the session's side ---------------------------------------------------------------
 
@@ -114,11 +120,15 @@ class PipesDaskMessageReader(PipesMessageReader):
         try:
             yield {READER_PARAM: self.topic}
         finally:
+            drained = False
             try:
-                self._drain()
+                drained = self._drain()
             finally:
                 self._queue.put(_STOP)
-                consumer.join(timeout=10)
+                if not drained:
+                    # Still handling what arrived: let it finish before the session closes.
+                    # (Drained, the consumer has nothing left to hand to Dagster.)
+                    consumer.join(timeout=10)
                 if self._malformed > _MAX_MALFORMED_WARNINGS:
                     self._warn(
                         f"[pipes] {self._malformed} malformed message lines were skipped in all."
@@ -227,8 +237,10 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     def _process(self, batch: EventBatch) -> None:
         for kind, data in batch["r"]:
-            if kind == REC_MESSAGE:
-                self._handle_line(data)
+            if kind == REC_MESSAGES:
+                for line in data.split("\n"):
+                    if line and not line.isspace():
+                        self._handle_line(line)
             elif kind == REC_STDOUT:
                 if self._forward_stdio:
                     sys.stdout.write(data)
@@ -245,6 +257,10 @@ class PipesDaskMessageReader(PipesMessageReader):
                 self.pid = int(data)
             elif kind == REC_NOTE:
                 self._info(str(data))
+            elif kind == REC_END:
+                self.outcome = data
+                self._last_seq = int(data["last_seq"])
+                self.ended.set()
 
     def _handle_line(self, line: str) -> None:
         assert self._handler is not None
@@ -273,7 +289,8 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     # -- closing --------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Wait for the messages still in flight; return whether every batch was handled."""
         if self._last_seq is None:
             # The launcher never reported its final batch (it failed or its worker was lost):
             # handle what has already arrived, until the topic is quiet.
@@ -286,17 +303,18 @@ class PipesDaskMessageReader(PipesMessageReader):
                 if now == seen and self._queue.empty():
                     break
                 seen = now
-            return
+            return False
         deadline = time.monotonic() + self._drain_timeout
         with self._cond:
             while self._next_seq <= self._last_seq and time.monotonic() < deadline:
                 self._cond.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
             if self._next_seq > self._last_seq:
-                return
+                return True
         self._warn(
             f"[pipes] {self._last_seq + 1 - self._next_seq} message batch(es) did not arrive "
             f"within {self._drain_timeout:g}s of the task's end; closing without them."
         )
+        return False
 
     def _warn(self, text: str) -> None:
         if self._log is not None:

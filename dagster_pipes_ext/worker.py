@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -46,13 +47,16 @@ PIPES_MESSAGES_ENV = "DAGSTER_PIPES_MESSAGES"
 
 # Record kinds inside an event batch.
 REC_START = "start"  # launcher facts, once, before the command starts
-REC_MESSAGE = "m"  # one raw Pipes message line (JSON text, parsed by the orchestrator)
+REC_MESSAGES = "m"  # complete Pipes message lines, "\n"-joined (JSON, parsed by the orchestrator)
 REC_STDOUT = "o"
 REC_STDERR = "e"
 REC_PID = "pid"  # the command's process id, once it started
 REC_NOTE = "note"  # a launcher notice for the run's log (e.g. "sent SIGINT")
+REC_END = "end"  # the launcher's outcome, alone in the last batch, ahead of the task's result
 
 STDERR_TAIL_BYTES = 4096
+# Where a worker process keeps the launchers it unpickled (see ``cached_entry``).
+_ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
 _READ_CHUNK = 1 << 20
 
 
@@ -135,32 +139,51 @@ class _Sender:
 
 
 class _LineTail:
-    """Reads complete lines appended to a file; a partial last line waits for its newline."""
+    """Reads the complete lines appended to a file, as text chunks of whole lines.
 
-    def __init__(self, path: str) -> None:
+    A partial last line waits for its newline. The launcher forwards the chunks as they are: the
+    orchestrator splits and parses the lines, so the per-message cost on the worker is nil.
+    """
+
+    def __init__(self, path: str, max_chunk_bytes: int) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self._partial = b""
+        self._max = max(1, max_chunk_bytes)
 
-    def read_lines(self) -> list[bytes]:
-        lines: list[bytes] = []
+    def read_chunks(self) -> list[bytes]:
+        """The complete lines appended since the last call, in chunks of about ``max`` bytes."""
+        chunks: list[bytes] = []
         while True:
-            chunk = os.read(self._fd, _READ_CHUNK)
-            if not chunk:
-                return lines
-            data = self._partial + chunk
-            parts = data.split(b"\n")
-            self._partial = parts.pop()
-            lines.extend(p for p in parts if p.strip())
-            if len(chunk) < _READ_CHUNK:
-                return lines
+            data = os.read(self._fd, _READ_CHUNK)
+            if not data:
+                return chunks
+            more = len(data) == _READ_CHUNK
+            if self._partial:
+                data = self._partial + data
+            end = data.rfind(b"\n") + 1
+            self._partial = data[end:]
+            self._split(data, end, chunks)
+            if not more:
+                return chunks
+
+    def _split(self, data: bytes, end: int, chunks: list[bytes]) -> None:
+        start = 0
+        while end - start > self._max:
+            cut = data.rfind(b"\n", start, start + self._max) + 1
+            if cut <= start:  # one line longer than the limit: it goes whole
+                cut = data.find(b"\n", start + self._max) + 1
+            chunks.append(data[start:cut])
+            start = cut
+        if end > start:
+            chunks.append(data[start:end])
 
     def read_rest(self) -> list[bytes]:
-        """Lines left at end of stream, including an unterminated last line."""
-        lines = self.read_lines()
+        """The chunks left at end of stream, including an unterminated last line."""
+        chunks = self.read_chunks()
         if self._partial.strip():
-            lines.append(self._partial)
+            chunks.append(self._partial + b"\n")
         self._partial = b""
-        return lines
+        return chunks
 
     def close(self) -> None:
         os.close(self._fd)
@@ -251,6 +274,33 @@ def _rpc(worker: Any, op: str, **kwargs: Any) -> Any:
     return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
 
 
+def _claim(worker: Any, name: str) -> bool:
+    """Set the session's claim event; return whether an earlier delivery had already set it.
+
+    One scheduler call (``claim_session`` run there); two event calls where the scheduler blocks
+    ``run_function``.
+    """
+    from distributed.protocol.pickle import dumps
+
+    try:
+        response = _rpc(
+            worker,
+            "run_function",
+            function=dumps(claim_session),
+            args=dumps((name,)),
+            kwargs=dumps({}),
+            wait=True,
+        )
+        if response.get("status") == "OK":
+            return bool(response["result"])
+    except Exception:
+        pass  # run_function is blocked on this scheduler
+    if _rpc(worker, "event_is_set", name=name):
+        return True
+    _rpc(worker, "event_set", name=name)
+    return False
+
+
 def _watch_stop(worker: Any, name: str, stop: threading.Event, done: threading.Event) -> None:
     """Long-poll the session's stop event on the scheduler until the launcher is done."""
     while not done.is_set():
@@ -323,18 +373,30 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
 
     # At most once per Dagster attempt: a claimed session means an earlier delivery of this
     # task already started the command on a worker that has since been lost.
-    if _rpc(worker, "event_is_set", name=spec["claim_event"]):
+    if _claim(worker, spec["claim_event"]):
         outcome["status"] = "redelivered"
         outcome["error"] = "the session was already started by an earlier delivery of this task"
         return outcome
-    _rpc(worker, "event_set", name=spec["claim_event"])
 
     sender = _Sender(worker, spec["topic"], spec["max_batch_bytes"])
     workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
     try:
-        return _run_command(spec, worker, sender, workdir, outcome)
+        abandoned = _run_command(spec, worker, sender, workdir, outcome)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if abandoned:
+        # Nobody reads the topic any more: clean the scheduler instead of publishing.
+        outcome["last_seq"] = sender.last_seq
+        _forget_abandoned_session(worker, spec)
+        return outcome
+    # The outcome also rides the session's last event. The orchestrator handles it right after
+    # the last message, without waiting for the scheduler's task bookkeeping or fetching the
+    # task's result.
+    sender.flush()
+    outcome["last_seq"] = sender.last_seq + 1
+    sender.add(REC_END, dict(outcome))
+    sender.flush()
+    return outcome
 
 
 def _launch_error(spec: LaunchSpec, exc: OSError) -> str:
@@ -358,7 +420,8 @@ def _run_command(
     sender: _Sender,
     workdir: str,
     outcome: LaunchOutcome,
-) -> LaunchOutcome:
+) -> bool:
+    """Run the command, filling ``outcome``; return whether the Dagster step was gone."""
     context_path = os.path.join(workdir, "context.json")
     messages_path = os.path.join(workdir, "messages.jsonl")
     with open(context_path, "w", encoding="utf-8") as f:
@@ -394,10 +457,8 @@ def _run_command(
     except OSError as exc:
         outcome["error"] = _launch_error(spec, exc)
         sender.add(REC_NOTE, f"[pipes] {outcome['error']}")
-        sender.flush()
-        outcome["last_seq"] = sender.last_seq
         outcome["ended_at"] = time.time()
-        return outcome
+        return False
 
     outcome["pid"] = proc.pid
     outcome["started_at"] = time.time()
@@ -426,7 +487,7 @@ def _run_command(
 
     task_key = _current_task_key()
     abandoned = False
-    tail = _LineTail(messages_path)
+    tail = _LineTail(messages_path, spec["max_batch_bytes"])
     poll = spec["poll_interval_seconds"]
     kill_at: float | None = None
     returncode: int | None = None
@@ -434,8 +495,8 @@ def _run_command(
     carried: tuple[str, str] | Literal[False] | None = False
     try:
         while True:
-            for line in tail.read_lines():
-                sender.add(REC_MESSAGE, line.decode("utf-8", errors="replace"), len(line))
+            for chunk in tail.read_chunks():
+                sender.add(REC_MESSAGES, chunk.decode("utf-8", errors="replace"), len(chunk))
             # drain stdio without blocking, starting with what the last wait returned
             while True:
                 if carried is not False:
@@ -468,8 +529,8 @@ def _run_command(
                     # Nothing the command started may outlive it.
                     _signal_group(proc.pid, signal.SIGKILL)
             if returncode is not None and open_pumps <= 0:
-                for line in tail.read_rest():
-                    sender.add(REC_MESSAGE, line.decode("utf-8", errors="replace"), len(line))
+                for chunk in tail.read_rest():
+                    sender.add(REC_MESSAGES, chunk.decode("utf-8", errors="replace"), len(chunk))
                 sender.flush()
                 break
 
@@ -518,10 +579,7 @@ def _run_command(
         outcome["cpu_system_seconds"] = float(rusage.ru_stime)
     if returncode is not None and returncode < 0:
         outcome["error"] = f"killed by {_describe_signal(returncode)}"
-    outcome["last_seq"] = sender.last_seq
-    if abandoned:
-        _forget_abandoned_session(worker, spec)
-    return outcome
+    return abandoned
 
 
 def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
@@ -538,6 +596,44 @@ def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
         for name in events:
             with contextlib.suppress(Exception):
                 _rpc(worker, "event_clear", name=name)
+
+
+def cached_entry(payload: bytes) -> Any:
+    """A small task function that runs the launcher pickled in ``payload``, unpickled once.
+
+    Pickling the launcher by value costs ~2 ms and ~30 KB, and Dask pays it again on the scheduler,
+    which re-pickles every task it forwards. The entry returned here pickles as a few hundred
+    bytes plus ``payload`` (copied, not re-pickled); each worker process unpickles the launcher on
+    its first session and keeps it, keyed by the payload's digest so that orchestrators running
+    different versions can share a cluster.
+    """
+    digest = hashlib.sha256(payload).hexdigest()
+
+    def entry(spec: LaunchSpec) -> LaunchOutcome:
+        import pickle
+        import sys
+        import types
+
+        cache = sys.modules.get(_ENTRY_CACHE_MODULE)
+        if cache is None:
+            cache = sys.modules.setdefault(
+                _ENTRY_CACHE_MODULE, types.ModuleType(_ENTRY_CACHE_MODULE)
+            )
+        launchers = cache.__dict__.setdefault("launchers", {})
+        run = launchers.get(digest)
+        if run is None:
+            run = launchers.setdefault(digest, pickle.loads(payload))
+        return run(spec)
+
+    return entry
+
+
+def claim_session(name: str, dask_scheduler: Any = None) -> bool:
+    """Set a session's claim event and return whether it was set before (run on the scheduler)."""
+    extension = dask_scheduler.extensions["events"]
+    already = bool(extension.event_is_set(name=name))
+    extension.event_set(name=name)
+    return already
 
 
 def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> None:
