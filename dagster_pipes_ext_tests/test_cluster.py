@@ -153,6 +153,29 @@ def test_env_var_config_in_definitions(
     assert _worker_of(result) in _worker_addresses(separate_cluster.address)
 
 
+def test_run_config_reaches_the_resource_the_asset_sees(separate_cluster: DaskProcesses) -> None:
+    """Values given at launch (run config) replace the defaults of the resource in the run."""
+    seen: dict[str, Any] = {}
+
+    @asset
+    def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        seen["address"] = dask_pipes.scheduler_address
+        seen["timeout"] = dask_pipes.termination_timeout_seconds
+        return dask_pipes.run(
+            context=context, command=["python", ENV_REPORT]
+        ).get_materialize_result()
+
+    config = {"scheduler_address": separate_cluster.address, "termination_timeout_seconds": 7}
+    result = materialize(
+        [probe],
+        resources={"dask_pipes": PipesDaskClient.configure_at_launch()},
+        run_config={"resources": {"dask_pipes": {"config": config}}},
+    )
+    assert result.success
+    assert seen == {"address": separate_cluster.address, "timeout": 7.0}
+    assert _worker_of(result) in _worker_addresses(separate_cluster.address)
+
+
 def test_dask_config_scheduler_address_uses_the_separate_cluster(
     separate_cluster: DaskProcesses,
 ) -> None:
