@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import queue
 import sys
@@ -37,6 +39,9 @@ _SUBSCRIBE = lambda topic, client_id, dask_scheduler=None: subscribe_topic(  # n
     topic, client_id, dask_scheduler
 )
 _STOP = object()
+_SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+# Dask clients (by id) whose scheduler refused run_function: they subscribe the batched way.
+_REFUSED_RUN_FUNCTION: set[str] = set()
 _MAX_MALFORMED_WARNINGS = 10
 _GAP_FILL_AFTER_SECONDS = 1.0
 
@@ -46,9 +51,9 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     The launcher on the worker tails the external process's message file and stdio and publishes
     them as batched, sequence-numbered events on a topic unique to the session. This reader
-    subscribes to the topic before the task is submitted (both travel on the client's ordered
-    scheduler channel), then a consumer thread hands every message to Dagster's Pipes handler
-    exactly once and in order, and writes stdout/stderr to the step's ``sys.stdout`` /
+    subscribes to the topic with one scheduler call that also returns the events published
+    before it, so the task is submitted without waiting for the subscription. A consumer thread
+    hands every message to Dagster's Pipes handler exactly once and in order, and writes stdout/stderr to the step's ``sys.stdout`` /
     ``sys.stderr`` (Dagster's compute logs). Malformed lines are reported and skipped; they never
     end the stream.
 
@@ -92,6 +97,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._last_seq: int | None = None
         self._handler: PipesMessageHandler | None = None
         self._malformed = 0
+        self._subscription: concurrent.futures.Future[Any] | None = None
         self.started = threading.Event()
         self.worker_address: str | None = None
         self.worker_hostname: str | None = None
@@ -142,15 +148,38 @@ class PipesDaskMessageReader(PipesMessageReader):
     # The subscription outlives the session: PipesDaskClient drops it together with the topic.
 
     def _subscribe(self) -> None:
+        """Start subscribing; the consumer thread collects the result before handling events."""
         handlers = getattr(self._client, "_event_handlers", None)
-        if isinstance(handlers, dict):
+        if isinstance(handlers, dict) and self._client.id not in _REFUSED_RUN_FUNCTION:
             handlers[self.topic] = self._on_event
-            try:
-                self._client.run_on_scheduler(_SUBSCRIBE, self.topic, self._client.id)
-                return
-            except Exception:
-                handlers.pop(self.topic, None)  # run_on_scheduler refused: the batched way
+            coroutine = self._client._run_on_scheduler(_SUBSCRIBE, self.topic, self._client.id)
+            self._subscription = asyncio.run_coroutine_threadsafe(
+                coroutine, self._client.loop.asyncio_loop
+            )
+            return
+        # The scheduler refuses run_function: the batched way, which travels ahead of the task.
         self._client.subscribe_topic(self.topic, self._on_event)
+
+    def _finish_subscribing(self) -> None:
+        """Take the events published before the subscription reached the scheduler."""
+        if self._subscription is None:
+            return
+        try:
+            earlier = self._subscription.result(timeout=_SUBSCRIBE_TIMEOUT_SECONDS)
+        except Exception:
+            # run_function refused (or the call failed): subscribe the batched way, then re-read
+            # the topic for what was published meanwhile (the gap filler catches any rest).
+            _REFUSED_RUN_FUNCTION.add(self._client.id)
+            self._client.subscribe_topic(self.topic, self._on_event)
+            try:
+                earlier = [event for _, event in self._client.get_events(self.topic)]
+            except Exception:
+                earlier = []
+        finally:
+            self._subscription = None
+        for batch in earlier:
+            if isinstance(batch, dict) and "s" in batch:
+                self._accept(batch)  # type: ignore[arg-type]
 
     def set_last_seq(self, last_seq: int) -> None:
         """Tell the reader the sequence number of the launcher's final batch."""
@@ -173,6 +202,7 @@ class PipesDaskMessageReader(PipesMessageReader):
     # -- the consumer thread --------------------------------------------------------------
 
     def _consume(self) -> None:
+        self._finish_subscribing()
         while True:
             try:
                 item = self._queue.get(timeout=0.5)

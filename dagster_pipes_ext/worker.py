@@ -636,14 +636,17 @@ def claim_session(name: str, dask_scheduler: Any = None) -> bool:
     return already
 
 
-def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> None:
-    """Subscribe a client to a topic (run with ``run_on_scheduler``).
+def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> list[Any]:
+    """Subscribe a client to a topic; return the events published before (``run_on_scheduler``).
 
-    Unlike ``Client.subscribe_topic``, whose message rides the client's batched stream and holds
-    the next message (the task submission) back for the stream's 10 ms interval, this is an
-    acknowledged call: once it returns, the subscription is in place.
+    Subscribing and reading the retained events in one step of the scheduler's event loop means
+    every event is either returned here or forwarded to the client, whichever way the scheduler
+    orders this call and the task's submission. So the orchestrator submits without waiting for
+    the subscription. (``Client.subscribe_topic`` rides the client's batched stream, which then
+    holds the submission back for the stream's 10 ms interval.)
     """
     dask_scheduler.subscribe_topic(topic, client_id)
+    return [event for _, event in dask_scheduler.get_events(topic)]
 
 
 def forget_session(
