@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import shlex
 import threading
@@ -44,12 +45,13 @@ from dagster_pipes_ext.errors import (
 )
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
 from dagster_pipes_ext.worker import (
+    LAUNCHER_METADATA_KEY,
     LaunchOutcome,
     LaunchSpec,
-    cached_entry,
     dashboard_served,
     forget_session,
     launch,
+    launcher_entry,
     task_state,
 )
 
@@ -64,9 +66,29 @@ cloudpickle.register_pickle_by_value(_worker_module)
 
 
 @functools.cache
-def _launch_entry() -> Any:
-    """The task function: the launcher, pickled once per orchestrator process."""
-    return cached_entry(cloudpickle.dumps(lambda spec: launch(spec)))
+def _launcher() -> tuple[str, bytes, Any]:
+    """The launcher pickled once per orchestrator process: its digest, bytes and task function."""
+    payload = cloudpickle.dumps(lambda spec: launch(spec))
+    digest = hashlib.sha256(payload).hexdigest()
+    return digest, payload, launcher_entry(digest)
+
+
+# (Dask client id, launcher digest) pairs whose scheduler holds the launcher.
+_published_launchers: set[tuple[str, str]] = set()
+
+
+def _launch_entry(dask_client: Client, *, again: bool = False) -> Any:
+    """The task function, once the launcher is published on the client's scheduler.
+
+    Args:
+        dask_client: The connection the task will be submitted with.
+        again: Publish even if it was published before (the scheduler lost it: restarted).
+    """
+    digest, payload, entry = _launcher()
+    if again or (dask_client.id, digest) not in _published_launchers:
+        dask_client.set_metadata([*LAUNCHER_METADATA_KEY, digest], payload)
+        _published_launchers.add((dask_client.id, digest))
+    return entry
 
 
 _FORGET_SESSION = lambda topic, events, stop, dask_scheduler=None: forget_session(  # noqa: E731
@@ -281,27 +303,40 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
                     "resources": dict(resources) if resources else None,
                     "workers": [workers] if isinstance(workers, str) else workers,
                 }
-                future = dask_client.submit(
-                    _launch_entry(),
-                    spec,
-                    key=key,
-                    pure=False,
-                    **restrictions,
-                    allow_other_workers=allow_other_workers,
-                    priority=priority,
-                    retries=0,
-                )
-                try:
-                    outcome = self._await(
-                        op_context,
-                        dask_client,
-                        future,
-                        reader,
-                        names["stop"],
-                        {} if allow_other_workers else restrictions,
+                for attempt in ("", "-again"):
+                    future = dask_client.submit(
+                        _launch_entry(dask_client, again=bool(attempt)),
+                        spec,
+                        key=key + attempt,
+                        pure=False,
+                        **restrictions,
+                        allow_other_workers=allow_other_workers,
+                        priority=priority,
+                        retries=0,
                     )
-                finally:
-                    future.release()
+                    try:
+                        outcome = self._await(
+                            op_context,
+                            dask_client,
+                            future,
+                            reader,
+                            names["stop"],
+                            {} if allow_other_workers else restrictions,
+                        )
+                    finally:
+                        future.release()
+                    if outcome["status"] != "launcher_missing":
+                        break
+                    # The scheduler lost the published launcher (it was restarted); nothing
+                    # was started: publish it again and resubmit.
+                assert outcome is not None
+                if outcome["status"] == "launcher_missing":
+                    raise PipesDaskLaunchError(
+                        f"Dask worker {outcome['worker']} could not find the launcher this client "
+                        f"published in the scheduler's metadata (key {list(LAUNCHER_METADATA_KEY)}"
+                        "), even after publishing it again; the command was not started. Check "
+                        "that the scheduler accepts set_metadata/get_metadata calls."
+                    )
                 if outcome["last_seq"] >= 0:
                     reader.set_last_seq(outcome["last_seq"])
                 self._raise_for_outcome(outcome, reader)
@@ -336,7 +371,10 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         restrictions: Mapping[str, Any],
     ) -> LaunchOutcome:
         # Done when the launcher's last batch was handled, or when the task ended otherwise.
-        done = reader.ended
+        done = threading.Event()
+        reader.on_end = done.set
+        if reader.ended.is_set():
+            done.set()
         future.add_done_callback(lambda _f: done.set())
         try:
             self._watch(dask_client, future, done, reader, restrictions)

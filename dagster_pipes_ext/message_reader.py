@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,9 +53,9 @@ class PipesDaskMessageReader(PipesMessageReader):
     them as batched, sequence-numbered events on a topic unique to the session. This reader
     subscribes to the topic with one scheduler call that also returns the events published
     before it, so the task is submitted without waiting for the subscription. A consumer thread
-    hands every message to Dagster's Pipes handler exactly once and in order, and writes stdout/stderr to the step's ``sys.stdout`` /
-    ``sys.stderr`` (Dagster's compute logs). Malformed lines are reported and skipped; they never
-    end the stream.
+    hands every message to Dagster's Pipes handler exactly once and in order, and writes
+    stdout/stderr to the step's ``sys.stdout`` / ``sys.stderr`` (Dagster's compute logs).
+    Malformed lines are reported and skipped; they never end the stream.
 
     Args:
         dask_client: The connected Dask client the task is submitted with.
@@ -73,6 +73,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         lost_batches: Batches given up on as never arriving (normally 0).
         outcome: The launcher's outcome, once its last batch was handled (after every message).
         ended: Set together with ``outcome``.
+        on_end: Called (from the consumer thread) right after ``ended`` is set.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         self.lost_batches = 0
         self.outcome: LaunchOutcome | None = None
         self.ended = threading.Event()
+        self.on_end: Callable[[], Any] | None = None
 
     # -- the session's side ---------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class PipesDaskMessageReader(PipesMessageReader):
             handlers[self.topic] = self._on_event
             coroutine = self._client._run_on_scheduler(_SUBSCRIBE, self.topic, self._client.id)
             self._subscription = asyncio.run_coroutine_threadsafe(
-                coroutine, self._client.loop.asyncio_loop
+                coroutine, cast(Any, self._client.loop).asyncio_loop
             )
             return
         # The scheduler refuses run_function: the batched way, which travels ahead of the task.
@@ -172,7 +174,8 @@ class PipesDaskMessageReader(PipesMessageReader):
             _REFUSED_RUN_FUNCTION.add(self._client.id)
             self._client.subscribe_topic(self.topic, self._on_event)
             try:
-                earlier = [event for _, event in self._client.get_events(self.topic)]
+                retained = self._client.get_events(self.topic)
+                earlier = [event for _, event in cast("tuple[tuple[float, Any], ...]", retained)]
             except Exception:
                 earlier = []
         finally:
@@ -291,6 +294,8 @@ class PipesDaskMessageReader(PipesMessageReader):
                 self.outcome = data
                 self._last_seq = int(data["last_seq"])
                 self.ended.set()
+                if self.on_end is not None:
+                    self.on_end()
 
     def _handle_line(self, line: str) -> None:
         assert self._handler is not None

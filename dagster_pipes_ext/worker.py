@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -55,8 +54,10 @@ REC_NOTE = "note"  # a launcher notice for the run's log (e.g. "sent SIGINT")
 REC_END = "end"  # the launcher's outcome, alone in the last batch, ahead of the task's result
 
 STDERR_TAIL_BYTES = 4096
-# Where a worker process keeps the launchers it unpickled (see ``cached_entry``).
+# Where a worker process keeps the launchers it unpickled (see ``launcher_entry``), and where the
+# scheduler's metadata holds the published ones.
 _ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
+LAUNCHER_METADATA_KEY = ("dagster-pipes-ext", "launcher")
 _READ_CHUNK = 1 << 20
 
 
@@ -88,7 +89,7 @@ class EventBatch(TypedDict):
 class LaunchOutcome(TypedDict):
     """What the launcher task returns to the orchestrator."""
 
-    status: Literal["exited", "stopped", "redelivered", "launch_failed"]
+    status: Literal["exited", "stopped", "redelivered", "launch_failed", "launcher_missing"]
     returncode: int | None
     last_seq: int
     worker: str
@@ -598,16 +599,17 @@ def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
                 _rpc(worker, "event_clear", name=name)
 
 
-def cached_entry(payload: bytes) -> Any:
-    """A small task function that runs the launcher pickled in ``payload``, unpickled once.
+def launcher_entry(digest: str) -> Any:
+    """The task function: a few hundred bytes that run the launcher published as ``digest``.
 
-    Pickling the launcher by value costs ~2 ms and ~30 KB, and Dask pays it again on the scheduler,
-    which re-pickles every task it forwards. The entry returned here pickles as a few hundred
-    bytes plus ``payload`` (copied, not re-pickled); each worker process unpickles the launcher on
-    its first session and keeps it, keyed by the payload's digest so that orchestrators running
-    different versions can share a cluster.
+    The launcher itself (~30 KB pickled by value) is published once per scheduler connection in
+    the scheduler's metadata under :data:`LAUNCHER_METADATA_KEY` + ``[digest]``, not shipped with
+    every task: Dask would pickle it again on the scheduler for every task and keep a copy in its
+    logs of recent messages. Each worker process fetches and unpickles it on its first session
+    and keeps it, keyed by digest, so that orchestrators of different versions can share a
+    cluster. If the scheduler no longer has it (it was restarted), the task returns
+    ``"launcher_missing"`` before claiming the session, and the client publishes it again.
     """
-    digest = hashlib.sha256(payload).hexdigest()
 
     def entry(spec: LaunchSpec) -> LaunchOutcome:
         import pickle
@@ -622,6 +624,18 @@ def cached_entry(payload: bytes) -> Any:
         launchers = cache.__dict__.setdefault("launchers", {})
         run = launchers.get(digest)
         if run is None:
+            from distributed import get_worker
+            from distributed.utils import sync
+
+            worker = get_worker()
+            payload = sync(
+                worker.loop,
+                worker.scheduler.get_metadata,
+                keys=[*LAUNCHER_METADATA_KEY, digest],
+                default=None,
+            )
+            if payload is None:
+                return {"status": "launcher_missing", "worker": str(worker.address)}  # type: ignore[typeddict-item]
             run = launchers.setdefault(digest, pickle.loads(payload))
         return run(spec)
 

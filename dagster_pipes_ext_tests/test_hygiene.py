@@ -1,11 +1,13 @@
 """A long-lived shared scheduler keeps nothing of finished sessions."""
 
+from pathlib import Path
+
 from dagster import AssetExecutionContext, asset, materialize
 from distributed import Client
 
 from dagster_pipes_ext import PipesDaskClient, PipesDaskNoWorkerError, close_cached_clients
-from dagster_pipes_ext_tests.conftest import script_asset
-from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
+from dagster_pipes_ext_tests.conftest import script, script_asset
+from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster, start_worker
 
 
 def _scheduler_state(dask_scheduler=None) -> dict:
@@ -68,6 +70,60 @@ def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
             assert len(topics) == 1
             claimed = observer.sync(observer.scheduler.event_is_set, name=f"{topics[0]}/claimed")  # type: ignore[union-attr]
             assert claimed is False
+    finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+def test_launcher_lost_by_the_scheduler_is_published_again(tmp_path) -> None:
+    """A scheduler that lost the published launcher (e.g. restarted) gets it again; the command
+    still runs exactly once, on a fresh worker that has to fetch it."""
+    cluster = start_cluster(1)
+    try:
+        client = PipesDaskClient(scheduler_address=cluster.address)
+        first = script_asset("first", "stream_flood.py", env={"COUNT": "5"})
+        assert materialize([first], resources={"dask_pipes": client}).success
+
+        with Client(cluster.address, timeout=10, set_as_default=False) as observer:
+            # What a scheduler restart does to the launcher the client published there.
+            dropped = observer.run_on_scheduler(
+                lambda dask_scheduler=None: (
+                    dask_scheduler.task_metadata.pop("dagster-pipes-ext", None) is not None
+                )
+            )
+            assert dropped
+            # A new worker process: it has no launcher of its own yet.
+            cluster.workers.append(
+                start_worker(cluster.address, Path(cluster.worker_dir), name="fresh")
+            )
+            observer.wait_for_workers(2, timeout=30)
+            [fresh] = [
+                address
+                for address, info in observer.scheduler_info(n_workers=-1)["workers"].items()
+                if info["name"] == "fresh"
+            ]
+
+            marks = tmp_path / "started"
+
+            @asset
+            def again(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+                command = f"echo started >> {marks} && exec python {script('stream_flood.py')}"
+                return dask_pipes.run(
+                    context=context,
+                    command=["sh", "-c", command],
+                    env={"COUNT": "5"},
+                    workers=fresh,
+                ).get_materialize_result()
+
+            result = materialize([again], resources={"dask_pipes": client})
+            assert result.success
+            [materialization] = result.asset_materializations_for_node("again")
+            assert materialization.metadata["dask/worker"].value == fresh
+            assert marks.read_text() == "started\n"
+            republished = observer.run_on_scheduler(
+                lambda dask_scheduler=None: "dagster-pipes-ext" in dask_scheduler.task_metadata
+            )
+            assert republished
     finally:
         close_cached_clients()
         cluster.stop()
