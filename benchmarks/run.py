@@ -1,0 +1,379 @@
+"""Run the PipesDaskClient benchmark suite: ``make bench`` or ``python benchmarks/run.py``.
+
+Every scenario runs every client in this one process, interleaved, and prints min/median (and
+p90/max where relevant) per client and the ratio to ``PipesSubprocessClient``; then the targets
+and whether each is met. The results (machine description, raw samples, summaries, targets) are
+written as JSON (``benchmarks/results/latest.json`` by default). See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import math
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common
+from benchmarks.common import Bench, fmt_rate, print_table, say
+
+SCENARIOS = ("launch", "throughput", "transport", "latency", "fanout", "hygiene", "ray")
+MODULES = {
+    "launch": "benchmarks.scenarios.launch",
+    "throughput": "benchmarks.scenarios.throughput",
+    "transport": "benchmarks.scenarios.transport",
+    "latency": "benchmarks.scenarios.latency",
+    "fanout": "benchmarks.scenarios.fanout",
+    "hygiene": "benchmarks.scenarios.hygiene",
+    "ray": "benchmarks.scenarios.ray_peer",
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark PipesDaskClient against PipesSubprocessClient (and dagster-ray)."
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions per client for every scenario (hygiene: number of runs), "
+        "overriding each scenario's default",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a ~2-minute smoke run with tiny sizes and few reps (figures indicative only)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results path (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--instance",
+        choices=("ephemeral", "local_temp"),
+        default="ephemeral",
+        help="Dagster instance for the in-process scenarios: ephemeral (in memory, what "
+        "materialize() uses without an instance; default) or local_temp (SQLite on disk with "
+        "compute log capture, like `dagster dev`: ~8 ms per event-log write here, so the 10,000 "
+        "logs take over a minute per run). Fan-out always uses local_temp.",
+    )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE as set: every new Python process (step processes, "
+        "Dask, Ray) then compiles Dagster from source",
+    )
+    parser.add_argument(
+        "--console-log-level",
+        default="WARNING",
+        help="level of Dagster's console logger in the benchmarked runs (default WARNING, so "
+        "runs do not print every event; the event log gets everything regardless)",
+    )
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {','.join(SCENARIOS)}")
+    args.only = [s for s in SCENARIOS if s in chosen]
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    return args
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _ratio(results: dict[str, Any], *path: str) -> float | None:
+    return _get(results, *path, "ratio_median_to_subprocess")
+
+
+def _ray_comparison(results: dict[str, Any], client: str) -> float | None:
+    """Median of ``client`` over the median of the Ray peer, both from the Ray scenario."""
+    dask = _get(results, "ray", "clients", client, "summary_seconds", "median")
+    ray = _get(results, "ray", "clients", common.RAY, "summary_seconds", "median")
+    return None if dask is None or ray is None else dask / ray
+
+
+MB = 1_000_000
+
+# (what, target text, value getter, formatter, passes)
+TARGETS: list[
+    tuple[str, str, Callable[[dict], Any], Callable[[Any], str], Callable[[Any], bool]]
+] = [
+    (
+        "launch ratio, embedded cluster",
+        "<= 1.10",
+        lambda r: _ratio(r, "launch", "clients", common.DASK_EMBEDDED),
+        lambda v: f"{v:.3f}",
+        lambda v: v <= 1.10,
+    ),
+    (
+        "launch ratio, separate cluster",
+        "<= 1.20",
+        lambda r: _ratio(r, "launch", "clients", common.DASK_SEPARATE),
+        lambda v: f"{v:.3f}",
+        lambda v: v <= 1.20,
+    ),
+    *[
+        (
+            f"throughput ratio, {kind}, {where}",
+            "<= 1.05",
+            (lambda r, kind=kind, client=client: _ratio(r, "throughput", kind, "clients", client)),
+            lambda v: f"{v:.3f}",
+            lambda v: v <= 1.05,
+        )
+        for kind in ("logs", "custom")
+        for where, client in (
+            ("embedded", common.DASK_EMBEDDED),
+            ("separate", common.DASK_SEPARATE),
+        )
+    ],
+    (
+        "raw transport (launcher -> reader)",
+        ">= 500,000 msg/s",
+        lambda r: _get(r, "transport", "messages_per_second_median"),
+        fmt_rate,
+        lambda v: v >= 500_000,
+    ),
+    (
+        "latency p50, separate cluster",
+        "<= 20 ms",
+        lambda r: _get(r, "latency", "clients", common.DASK_SEPARATE, "summary_seconds", "median"),
+        lambda v: f"{v * 1000:.2f} ms",
+        lambda v: v <= 0.020,
+    ),
+    (
+        "scheduler RSS growth over the hygiene runs",
+        "<= 10 MB",
+        lambda r: _get(r, "hygiene", "rss_growth_bytes"),
+        lambda v: f"{v / MB:+.2f} MB",
+        lambda v: v <= 10 * MB,
+    ),
+    (
+        "session topics left on the scheduler after the hygiene runs",
+        "0",
+        lambda r: _get(r, "hygiene", "pipes_topics_end"),
+        str,
+        lambda v: v == 0,
+    ),
+    (
+        "launch vs PipesRayJobClient, embedded (median / Ray median)",
+        "< 1",
+        lambda r: _ray_comparison(r, common.DASK_EMBEDDED),
+        lambda v: f"{v:.3f}",
+        lambda v: v < 1,
+    ),
+    (
+        "launch vs PipesRayJobClient, separate (median / Ray median)",
+        "< 1",
+        lambda r: _ray_comparison(r, common.DASK_SEPARATE),
+        lambda v: f"{v:.3f}",
+        lambda v: v < 1,
+    ),
+]
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured value and whether it is met (``None``: not measured)."""
+    out = []
+    for what, target, get, fmt, passes in TARGETS:
+        value = get(results)
+        measured = value is not None and not (isinstance(value, float) and math.isnan(value))
+        out.append(
+            {
+                "target": what,
+                "goal": target,
+                "value": value,
+                "shown": fmt(value) if measured else "not measured",
+                "met": bool(passes(value)) if measured else None,
+            }
+        )
+    return out
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    """Print the targets table."""
+    rows = [
+        [
+            t["target"],
+            t["goal"],
+            t["shown"],
+            {True: "met", False: "MISSED", None: "-"}[t["met"]],
+        ]
+        for t in targets
+    ]
+    print_table(["target", "goal", "measured", "status"], rows)
+
+
+# -- transport (written separately) -------------------------------------------------------------
+
+
+def run_transport(bench: Bench) -> dict[str, Any]:
+    """Run ``benchmarks.scenarios.transport.run(reps, quick)`` if that module exists."""
+    title = "Raw transport (worker launcher -> reader, without Dagster's handler)"
+    try:
+        module = importlib.import_module(MODULES["transport"])
+    except ModuleNotFoundError as exc:
+        if exc.name != MODULES["transport"]:
+            raise
+        say("  skipped: benchmarks/scenarios/transport.py does not exist yet")
+        return {"title": title, "skipped": "benchmarks/scenarios/transport.py does not exist"}
+    reps = bench.reps(default=3, quick=2)
+    result = dict(module.run(reps=reps, quick=bench.quick))
+    result.setdefault("title", title)
+    samples = list(result.get("samples_seconds") or [])
+    result.setdefault("summary_seconds", common.summarize(samples))
+    messages = result.get("messages")
+    shown = f"{messages:,}" if isinstance(messages, int) else str(messages)
+    say(
+        f"  figure for the target: {fmt_rate(result.get('messages_per_second_median'))} "
+        f"({shown} messages; {result.get('note') or 'median of the samples'})"
+    )
+    return result
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str, allow_nan=True))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen scenarios, print the tables and targets, write the JSON."""
+    args = parse_args(argv)
+    env_changes = common.prepare_environment(bytecode_cache=not args.no_bytecode_cache)
+    from dagster import DagsterExecutionInterruptedError
+
+    warnings.filterwarnings("ignore")  # Dagster's preview/beta warnings, once per run
+    common.STOP.install()
+
+    bench = Bench(
+        quick=args.quick,
+        reps_override=args.reps,
+        instance_kind=args.instance,
+        console_log_level=args.console_log_level,
+    )
+    machine = common.machine_info()
+    began = time.monotonic()
+    payload: dict[str, Any] = {
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "options": {
+            "scenarios": args.only,
+            "reps_override": args.reps,
+            "quick": args.quick,
+            "instance": args.instance,
+            "console_log_level": args.console_log_level,
+            "environment_changes": env_changes,
+        },
+        "machine": machine,
+        "scenarios": {},
+        "targets": [],
+    }
+    versions = machine["versions"]
+    say(
+        f"PipesDaskClient benchmarks — {machine['cpu_count']} CPU ({machine['cpu_model']}), "
+        f"{machine['ram_bytes'] / 2**30:.1f} GiB RAM, Python {machine['python']}, "
+        f"dagster {versions['dagster']}, distributed {versions['distributed']}, "
+        f"ray {versions['ray'] or '-'}, dagster-ray {versions['dagster-ray'] or '-'}"
+    )
+    say(
+        f"scenarios: {', '.join(args.only)}; instance: {args.instance}; console log level: "
+        f"{args.console_log_level}{'; QUICK smoke run' if args.quick else ''}"
+    )
+    say(
+        "all clients run in this process, interleaved (order rotated each rep); times are "
+        "wall-clock (time.perf_counter) of whole runs; ratio = client median / subprocess median"
+    )
+    if "bytecode_cache" in env_changes:
+        say(
+            "PYTHONDONTWRITEBYTECODE was set: bytecode is cached under "
+            f"{env_changes['bytecode_cache']} for this run and its child processes"
+        )
+    interrupted = False
+    try:
+        for name in args.only:
+            module_name = MODULES[name]
+            say()
+            started = time.monotonic()
+            try:
+                if name == "transport":
+                    say("== Raw transport (worker launcher -> reader, without Dagster's handler)")
+                    result = run_transport(bench)
+                else:
+                    module = importlib.import_module(module_name)
+                    say(f"== {module.TITLE}")
+                    result = module.run(bench)
+            except (KeyboardInterrupt, DagsterExecutionInterruptedError):
+                raise
+            except Exception as exc:
+                traceback.print_exc()
+                say(f"  FAILED: {type(exc).__name__}: {exc}")
+                result = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
+            result["elapsed_seconds"] = time.monotonic() - started
+            payload["scenarios"][name] = result
+            say(f"  ({name}: {result['elapsed_seconds']:.1f} s)")
+            _write(args.out, payload)
+            common.STOP.check()
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError):
+        # Inside a run, Dagster turns SIGINT/SIGTERM into DagsterExecutionInterruptedError.
+        interrupted = True
+        say("\ninterrupted: stopping every process the benchmark started")
+    finally:
+        bench.close()
+        payload["elapsed_seconds"] = time.monotonic() - began
+        payload["interrupted"] = interrupted
+        payload["targets"] = evaluate_targets(payload["scenarios"])
+        _write(args.out, payload)
+
+    say()
+    say("== Targets")
+    if args.quick or args.reps is not None:
+        say(
+            "  (sizes or reps differ from the defaults the targets are defined for: "
+            "indicative only)"
+        )
+    print_targets(payload["targets"])
+    say()
+    say(f"results written to {args.out}")
+    say(f"total elapsed: {payload['elapsed_seconds']:.1f} s")
+    failed = [n for n, r in payload["scenarios"].items() if "error" in r]
+    if failed:
+        say(f"scenarios that failed: {', '.join(failed)}")
+    return 130 if interrupted else (1 if failed else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Scenario 1 — launch overhead of a trivial Pipes asset.
+
+The external script opens Pipes and reports one materialization (``external/trivial.py``). The
+same asset is materialized with ``PipesSubprocessClient``, ``PipesDaskClient`` on the embedded
+``LocalCluster`` and ``PipesDaskClient`` on the shared separate ``dask scheduler`` + ``dask
+worker``; each sample is the wall time of one whole ``materialize()`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.assets import pipes_asset
+from benchmarks.common import (
+    DASK_EMBEDDED,
+    DASK_SEPARATE,
+    SUBPROCESS,
+    Bench,
+    client_results,
+    command,
+    dagster_instance,
+    materialization_metadata,
+    measure_interleaved,
+    print_client_table,
+    say,
+)
+
+TITLE = "1. Launch overhead (trivial Pipes asset, one materialize() per sample)"
+CLIENTS = (SUBPROCESS, DASK_EMBEDDED, DASK_SEPARATE)
+
+
+def check_trivial(_name: str, result: Any) -> dict[str, Any]:
+    """A trivial run counts only if its materialization carries the script's metadata."""
+    meta = materialization_metadata(result, "bench_trivial")
+    if meta.get("bench") != "trivial":
+        raise RuntimeError(f"the trivial materialization is missing: {meta}")
+    return {"run_id": result.run_id}
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    """Time the trivial asset per client, interleaved; return samples and summaries."""
+    reps = bench.reps(default=20, quick=3)
+    trivial = pipes_asset("bench_trivial", command("trivial.py"))
+    clients = bench.clients(CLIENTS)
+    say(f"  {reps} reps per client, interleaved; 1 untimed warm-up run per client first")
+    with dagster_instance(bench.instance_kind) as instance:
+
+        def once(_name: str, client: Any) -> Any:
+            return bench.materialize([trivial], client, instance)
+
+        measured = measure_interleaved(bench, clients, reps, once, check=check_trivial, warmup=once)
+    results = client_results(measured)
+    print_client_table(results)
+    return {
+        "title": TITLE,
+        "method": (
+            "materialize([asset]) of one asset whose external script opens Pipes and reports "
+            "one materialization; wall time of the whole call (time.perf_counter); clients "
+            "interleaved with rotating order; 1 untimed warm-up per client; gc.collect() "
+            "before each sample (untimed)."
+        ),
+        "params": {"reps": reps, "instance": bench.instance_kind},
+        "clients": results,
+    }

@@ -1,0 +1,156 @@
+"""Raw transport: message lines from the worker launcher to the reader, without Dagster.
+
+A writer process (``external/transport_writer.py``) fills the session's message file with N
+``report_custom_message`` lines. The real launcher tails the file on a Dask worker and publishes the
+lines as scheduler events; the real ``PipesDaskMessageReader`` orders the batches and splits them
+into lines. Dagster's Pipes handler is replaced by a counter, so what is left is the transport.
+
+Two reader modes are timed:
+
+- ``lines``: each line reaches the reader's per-message step (the figure the target refers to);
+- ``parsed``: each line is also parsed with ``json.loads`` and handed to a no-op handler, as the
+  reader does in a run (the JSON parse, not the transport, then sets the pace).
+
+Time is from the task's submission to the last line handled, writer start-up included, on the
+embedded cluster and on a separate ``dask scheduler`` + ``dask worker``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from benchmarks import common
+from dagster_pipes_ext.client import _FORGET_SESSION, _launch_entry
+from dagster_pipes_ext.cluster import close_cached_clients, get_dask_client
+from dagster_pipes_ext.message_reader import PipesDaskMessageReader
+from dagster_pipes_ext.worker import LaunchSpec
+
+FULL_MESSAGES = 1_000_000
+QUICK_MESSAGES = 200_000
+TIMEOUT_SECONDS = 120.0
+
+
+class _CountingHandler:
+    """Stands in for Dagster's Pipes message handler: counts the messages it is given."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def handle_message(self, message: Any) -> None:
+        self.count += 1
+
+    def report_pipes_framework_exception(self, origin: str, exc_info: Any) -> None:
+        raise RuntimeError(f"{origin}: {exc_info[1]}")
+
+
+class _LineCountingReader(PipesDaskMessageReader):
+    """The real reader, counting each line where it would parse it."""
+
+    def _handle_line(self, line: str) -> None:
+        self.message_count += 1
+
+
+def _one_session(dask_client: Any, count: int, parse: bool) -> float:
+    """Stream ``count`` lines through one session; return the seconds it took."""
+    session = uuid.uuid4().hex
+    topic = f"dagster-pipes/bench-transport/{session}"
+    reader_class = PipesDaskMessageReader if parse else _LineCountingReader
+    reader = reader_class(dask_client=dask_client, topic=topic, forward_stdio=False)
+    handler = _CountingHandler()
+    names = [f"{topic}/claimed", f"{topic}/stop"]
+    spec: LaunchSpec = {
+        "session_id": session,
+        "topic": topic,
+        "claim_event": names[0],
+        "stop_event": names[1],
+        "command": common.command("transport_writer.py", count),
+        "env": {},
+        "cwd": None,
+        "context_data": {},
+        "forward_stdio": False,
+        "stop_when_abandoned": True,
+        "termination_timeout_seconds": 5.0,
+        "max_batch_bytes": 128 * 1024,
+        "poll_interval_seconds": 0.005,
+    }
+    try:
+        with reader.read_messages(handler):  # type: ignore[arg-type]
+            start = time.perf_counter()
+            future = dask_client.submit(
+                _launch_entry(dask_client), spec, key=f"bench-transport-{session}"
+            )
+            finished = threading.Event()
+            future.add_done_callback(lambda _f: finished.set())
+            if not reader.ended.wait(TIMEOUT_SECONDS):
+                raise TimeoutError(f"the transport session did not end in {TIMEOUT_SECONDS}s")
+            elapsed = time.perf_counter() - start
+            finished.wait(TIMEOUT_SECONDS)
+            future.release()
+    finally:
+        dask_client.run_on_scheduler(_FORGET_SESSION, topic, names, True)
+    outcome = reader.outcome or {}
+    if outcome.get("returncode") != 0:
+        raise RuntimeError(f"the writer failed: {outcome}")
+    got = handler.count if parse else reader.message_count
+    if got != count or reader.lost_batches:
+        raise RuntimeError(f"expected {count} messages, got {got} ({reader.lost_batches} lost)")
+    return elapsed
+
+
+def run(reps: int, quick: bool) -> dict[str, Any]:
+    """Time the raw transport on both cluster kinds and both reader modes."""
+    common.prepare_environment()
+    count = QUICK_MESSAGES if quick else FULL_MESSAGES
+    cluster = common.SeparateCluster.start(name="transport")
+    results: dict[str, Any] = {"messages": count, "variants": {}}
+    try:
+        clients = {
+            common.DASK_EMBEDDED: get_dask_client(
+                None, connect_timeout_seconds=10, embedded_threads_per_worker=4
+            ),
+            common.DASK_SEPARATE: get_dask_client(
+                cluster.address, connect_timeout_seconds=10, embedded_threads_per_worker=4
+            ),
+        }
+        variants = [(kind, mode) for kind in clients for mode in ("lines", "parsed")]
+        samples: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+        for kind, mode in variants:  # warm-up: the launcher reaches each worker once
+            _one_session(clients[kind], 1000, mode == "parsed")
+        for rep in range(reps):
+            for kind, mode in variants[rep % len(variants) :] + variants[: rep % len(variants)]:
+                samples[(kind, mode)].append(_one_session(clients[kind], count, mode == "parsed"))
+    finally:
+        close_cached_clients()  # before the scheduler goes, or its client tries to reconnect
+        cluster.stop()
+    rows = []
+    for (kind, mode), values in samples.items():
+        summary = common.summarize(values)
+        rate = count / summary["median"]
+        results["variants"][f"{kind}/{mode}"] = {
+            "samples_seconds": values,
+            "summary_seconds": summary,
+            "messages_per_second_median": rate,
+        }
+        rows.append(
+            [
+                f"{kind} / {mode}",
+                str(summary["n"]),
+                common.fmt_seconds(summary["min"]),
+                common.fmt_seconds(summary["median"]),
+                common.fmt_rate(rate),
+            ]
+        )
+    common.print_table(["cluster / reader mode", "n", "min", "median", "msg/s (median)"], rows)
+    headline = results["variants"][f"{common.DASK_EMBEDDED}/lines"]
+    results["samples_seconds"] = headline["samples_seconds"]
+    results["messages_per_second_median"] = min(
+        results["variants"][f"{kind}/lines"]["messages_per_second_median"] for kind in clients
+    )
+    results["note"] = (
+        "messages_per_second_median is the slower cluster kind in 'lines' mode (to the reader's "
+        "per-message step); 'parsed' adds json.loads per message and a no-op handler."
+    )
+    return results
