@@ -12,6 +12,10 @@ BENCH_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
+# Bytecode compiled at install (~11 s): every new process (dagster dev, step processes, Dask
+# workers, tests' subprocesses) then imports dagster + distributed in ~1.4 s instead of ~3.8 s,
+# also where PYTHONDONTWRITEBYTECODE keeps Python from caching it.
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: install dev test lint format bench clean
 
