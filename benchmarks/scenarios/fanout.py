@@ -135,9 +135,9 @@ def run(bench: Bench) -> dict[str, Any]:
             "runs one partition per run, so these stand in for 16 partitions of one asset); "
             "each step is one Pipes session whose external process sleeps and reports a "
             "materialization; multiprocess executor, forkserver start method preloading the job "
-            "module (with dagster_pipes_ext and distributed) and Dagster's storage modules, max_concurrent=4; "
-            "persistent local_temp instance; wall time of the whole run. Dask: all steps on "
-            "the shared separate cluster (one worker, 4 threads)."
+            "module (with dagster_pipes_ext and distributed) and Dagster's storage modules, "
+            "max_concurrent=4; persistent local_temp instance; wall time of the whole run. "
+            "Dask: all steps on the shared separate cluster (one worker, 4 threads)."
         ),
         "params": {
             "steps": fanout_job.PARTITIONS,
