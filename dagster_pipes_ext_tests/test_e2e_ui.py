@@ -407,6 +407,9 @@ def test_terminate_slow_report_from_the_ui(
     # Its live log in the UI, then Terminate (graceful: no "force").
     page.get_by_placeholder("Filter…").fill("slow_report started")
     expect(page.get_by_text(f"slow_report started: pid {pid}")).to_be_visible()
+    # Its first progress report (after 1 s), so that stdout has something to show.
+    page.get_by_placeholder("Filter…").fill("progress 1/")
+    expect(page.get_by_text("progress 1/120")).to_be_visible(timeout=30_000)
     expect(page.get_by_text(re.compile(r"^(Started|Starting)$")).first).to_be_visible()
     page.get_by_role("button", name="Terminate").click()
     dialog = page.get_by_role("dialog")
