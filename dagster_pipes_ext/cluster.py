@@ -16,15 +16,12 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # Imported with the package, not on first use (~0.4 s of CPU): a process that imports the code
 # location before forking its step processes (Dagster's multiprocess executor with
 # `start_method: forkserver`) then hands them `distributed` ready to use.
-import distributed  # noqa: F401
-
-if TYPE_CHECKING:
-    from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Worker
 
 EMBEDDED = "embedded"
 
@@ -63,8 +60,6 @@ def resolve_scheduler_address(explicit: str | None) -> str | None:
 
 
 def _embedded_client(threads_per_worker: int, dashboard_wanted: bool) -> Client:
-    from distributed import Client, LocalCluster, Worker
-
     class LoopbackWorker(Worker):
         """A worker whose HTTP server (health, metrics) listens on loopback only."""
 
@@ -120,8 +115,6 @@ def get_dask_client(
                 _cache.cluster = None
             client = _embedded_client(embedded_threads_per_worker, embedded_dashboard)
         else:
-            from distributed import Client
-
             try:
                 client = Client(address, timeout=connect_timeout_seconds, set_as_default=False)
             except ValueError as exc:
