@@ -9,7 +9,7 @@ import pytest
 from dagster import AssetExecutionContext, AssetsDefinition, DagsterInstance, asset
 
 from dagster_pipes_ext import PipesDaskClient, close_cached_clients
-from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster
+from dagster_pipes_ext_tests.support.processes import DaskProcesses, kill_survivors, start_cluster
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -25,19 +25,7 @@ def _nothing_left_running() -> Iterator[None]:
     """After the whole session, no process started by a test (or by a command) is still alive."""
     yield
     close_cached_clients()
-    me = psutil.Process()
-    leftovers = [
-        p
-        for p in me.children(recursive=True)
-        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]
-    descriptions = []
-    for p in leftovers:
-        try:
-            descriptions.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    descriptions = kill_survivors(psutil.Process().children(recursive=True))
     assert not descriptions, "processes left running after the tests:\n" + "\n".join(descriptions)
 
 

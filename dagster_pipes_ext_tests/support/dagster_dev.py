@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from dagster_pipes_ext_tests.support.processes import wait_for
+from dagster_pipes_ext_tests.support.processes import kill_survivors, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -334,13 +334,7 @@ class DagsterDev:
             pass
         # Children get a moment after their parent to finish their own shutdown.
         _, alive = psutil.wait_procs(self._leftovers(), timeout=10)
-        killed = []
-        for p in alive:
-            try:
-                killed.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        killed = kill_survivors(alive)
         psutil.wait_procs(alive, timeout=10)
         if self.proc.poll() is None:
             self.proc.kill()

@@ -17,6 +17,19 @@ import psutil
 SUPPORT = Path(__file__).parent
 
 
+def kill_survivors(procs: list[psutil.Process]) -> list[str]:
+    """SIGKILL each process still running; return a description of each one killed."""
+    killed = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                killed.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return killed
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
