@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import logging
 import shlex
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 from dagster import (
     AssetCheckExecutionContext,
     AssetExecutionContext,
     ConfigurableResource,
-    DagsterExecutionInterruptedError,
     MetadataValue,
     OpExecutionContext,
     PipesClient,
@@ -28,82 +21,22 @@ from dagster import (
 from dagster_pipes import PipesExtras
 from pydantic import Field
 
-from dagster_pipes_ext import worker as _worker_module
 from dagster_pipes_ext.cluster import (
     DaskConnectionError,
+    connection_state,
     get_dask_client,
     resolve_scheduler_address,
 )
 from dagster_pipes_ext.context_injector import PipesDaskContextInjector
-from dagster_pipes_ext.errors import (
-    PipesDaskError,
-    PipesDaskLaunchError,
-    PipesDaskNoWorkerError,
-    PipesDaskProcessError,
-    PipesDaskSchedulerUnreachableError,
-    PipesDaskWorkerLostError,
-)
+from dagster_pipes_ext.errors import PipesDaskSchedulerUnreachableError, error_for_outcome
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
-from dagster_pipes_ext.worker import (
-    LAUNCHER_METADATA_KEY,
-    LaunchOutcome,
-    LaunchSpec,
-    dashboard_served,
-    forget_session,
-    launch,
-    launcher_entry,
-    task_state,
-)
+from dagster_pipes_ext.remote.wire import LaunchOutcome, LaunchSpec, session_names
+from dagster_pipes_ext.task import LaunchTask, dashboard_link
 
 if TYPE_CHECKING:
-    from distributed import Client, Future
+    from distributed import Client
 
-# The launcher must reach workers by value: a worker has neither this package nor dagster.
-# Registering the module is not enough on its own (dask pickles an importable callable by
-# reference first), so the submitted callables are lambdas, which cloudpickle always pickles by
-# value, together with the registered module's functions they call.
-cloudpickle.register_pickle_by_value(_worker_module)
-
-
-@functools.cache
-def _launcher() -> tuple[str, bytes, Any]:
-    """The launcher pickled once per orchestrator process: its digest, bytes and task function."""
-    payload = cloudpickle.dumps(lambda spec: launch(spec))
-    digest = hashlib.sha256(payload).hexdigest()
-    return digest, payload, launcher_entry(digest)
-
-
-# (Dask client id, launcher digest) pairs whose scheduler holds the launcher.
-_published_launchers: set[tuple[str, str]] = set()
-
-
-def _launch_entry(dask_client: Client, *, again: bool = False) -> Any:
-    """The task function, once the launcher is published on the client's scheduler.
-
-    Args:
-        dask_client: The connection the task will be submitted with.
-        again: Publish even if it was published before (the scheduler lost it: restarted).
-    """
-    digest, payload, entry = _launcher()
-    if again or (dask_client.id, digest) not in _published_launchers:
-        dask_client.set_metadata([*LAUNCHER_METADATA_KEY, digest], payload)
-        _published_launchers.add((dask_client.id, digest))
-    return entry
-
-
-_FORGET_SESSION = lambda topic, events, stop, dask_scheduler=None: forget_session(  # noqa: E731
-    topic, events, stop, dask_scheduler
-)
-_TASK_STATE = lambda key, dask_scheduler=None: task_state(key, dask_scheduler)  # noqa: E731
-_DASHBOARD_SERVED = lambda dask_scheduler=None: dashboard_served(dask_scheduler)  # noqa: E731
-
-_LIVENESS_CHECK_SECONDS = 1.0
 _MISSING_VALUE = object()
-# The dashboard link of each scheduler connection (Client.id), looked up once.
-_dashboard_links: dict[tuple[str, bool], str | None] = {}
-_RPC_TIMEOUT_SECONDS = 10.0
-
-logger = logging.getLogger(__name__)
 
 
 class PipesDaskClient(ConfigurableResource, PipesClient):
@@ -261,316 +194,101 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         op_context = _op_context(context)
         argv = _normalize_command(command)
         _check_env(env)
-        dask_client = self.get_dask_client()
-        session_id = uuid.uuid4().hex
-        run_id = op_context.run_id
-        topic = f"dagster-pipes/{run_id}/{session_id}"
-        key = f"dagster-pipes-{_node_name(op_context)}-{run_id[:8]}-{session_id[:12]}"
+        started = time.monotonic()
+        task = self._new_task(op_context, resources, workers, allow_other_workers, priority)
         injector = PipesDaskContextInjector(overrides=_partition_overrides(op_context))
         reader = PipesDaskMessageReader(
-            dask_client=dask_client,
-            topic=topic,
+            dask_client=task.client,
+            topic=task.topic,
             forward_stdio=self.forward_stdio,
             log=op_context.log,
             drain_timeout_seconds=self.message_drain_timeout_seconds,
+            on_end=task.notify_end,
         )
-        names = {"claim": f"{topic}/claimed", "stop": f"{topic}/stop"}
-        started = time.monotonic()
         outcome: LaunchOutcome | None = None
         try:
             with open_pipes_session(
-                context=op_context,
-                context_injector=injector,
-                message_reader=reader,
-                extras=extras,
+                context=op_context, context_injector=injector, message_reader=reader, extras=extras
             ) as session:
-                spec: LaunchSpec = {
-                    "session_id": session_id,
-                    "topic": topic,
-                    "claim_event": names["claim"],
-                    "stop_event": names["stop"],
-                    "command": argv,
-                    "env": {**(self.env or {}), **(env or {})},
-                    "cwd": cwd or self.cwd,
-                    "context_data": dict(injector.context_data),
-                    "forward_stdio": self.forward_stdio,
-                    "stop_when_abandoned": self.forward_termination,
-                    "termination_timeout_seconds": self.termination_timeout_seconds,
-                    "max_batch_bytes": self.max_batch_bytes,
-                    "poll_interval_seconds": self.poll_interval_seconds,
-                }
-                restrictions: dict[str, Any] = {
-                    "resources": dict(resources) if resources else None,
-                    "workers": [workers] if isinstance(workers, str) else workers,
-                }
-                for attempt in ("", "-again"):
-                    future = dask_client.submit(
-                        _launch_entry(dask_client, again=bool(attempt)),
-                        spec,
-                        key=key + attempt,
-                        pure=False,
-                        **restrictions,
-                        allow_other_workers=allow_other_workers,
-                        priority=priority,
-                        retries=0,
-                    )
-                    try:
-                        outcome = self._await(
-                            op_context,
-                            dask_client,
-                            future,
-                            reader,
-                            names["stop"],
-                            {} if allow_other_workers else restrictions,
-                        )
-                    finally:
-                        future.release()
-                    if outcome["status"] != "launcher_missing":
-                        break
-                    # The scheduler lost the published launcher (it was restarted); nothing
-                    # was started: publish it again and resubmit.
-                assert outcome is not None
-                if outcome["status"] == "launcher_missing":
-                    raise PipesDaskLaunchError(
-                        f"Dask worker {outcome['worker']} could not find the launcher this client "
-                        f"published in the scheduler's metadata (key {list(LAUNCHER_METADATA_KEY)}"
-                        "), even after publishing it again; the command was not started. Check "
-                        "that the scheduler accepts set_metadata/get_metadata calls."
-                    )
-                if outcome["last_seq"] >= 0:
-                    reader.set_last_seq(outcome["last_seq"])
-                self._raise_for_outcome(outcome, reader)
+                spec = self._build_spec(task, argv, env, cwd, injector)
+                outcome = task.run(spec, reader, op_context.log)
+                reader.expect_final_batch(outcome["last_seq"])
+                error = error_for_outcome(outcome, started_on=reader.worker_address)
+                if error is not None:
+                    raise error
         finally:
             # A launcher still running here was lost track of (worker lost, interrupted): stop
             # it, unless the user asked for external processes to outlive the step.
-            self._forget_session(
-                dask_client, topic, names, stop=outcome is not None or self.forward_termination
-            )
+            task.forget(stop=outcome is not None or self.forward_termination)
+        return PipesClientCompletedInvocation(
+            session, metadata=self._metadata(task, outcome, started)
+        )
 
+    def _new_task(
+        self,
+        context: OpExecutionContext,
+        resources: Mapping[str, float] | None,
+        workers: str | Sequence[str] | None,
+        allow_other_workers: bool,
+        priority: int,
+    ) -> LaunchTask:
+        dask_client = self.get_dask_client()
+        session_id = uuid.uuid4().hex
+        names = session_names(context.run_id, session_id)
+        return LaunchTask(
+            dask_client,
+            connection_state(dask_client),
+            key=f"dagster-pipes-{_node_name(context)}-{context.run_id[:8]}-{session_id[:12]}",
+            topic=names.topic,
+            events=names.events,
+            forward_termination=self.forward_termination,
+            termination_timeout_seconds=self.termination_timeout_seconds,
+            worker_wait_timeout_seconds=self.worker_wait_timeout_seconds,
+            restrictions={
+                "resources": dict(resources) if resources else None,
+                "workers": [workers] if isinstance(workers, str) else workers,
+            },
+            allow_other_workers=allow_other_workers,
+            priority=priority,
+        )
+
+    def _build_spec(
+        self,
+        task: LaunchTask,
+        argv: list[str],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        injector: PipesDaskContextInjector,
+    ) -> LaunchSpec:
+        return {
+            "topic": task.topic,
+            "claim_event": task.events[0],
+            "stop_event": task.events[1],
+            "command": argv,
+            "env": {**(self.env or {}), **(env or {})},
+            "cwd": cwd or self.cwd,
+            "context_data": dict(injector.context_data),
+            "forward_stdio": self.forward_stdio,
+            "stop_when_abandoned": self.forward_termination,
+            "termination_timeout_seconds": self.termination_timeout_seconds,
+            "max_batch_bytes": self.max_batch_bytes,
+            "poll_interval_seconds": self.poll_interval_seconds,
+        }
+
+    def _metadata(
+        self, task: LaunchTask, outcome: LaunchOutcome | None, started: float
+    ) -> dict[str, Any]:
         assert outcome is not None
         metadata: dict[str, Any] = {
-            "dask/task_key": key,
+            "dask/task_key": task.key,
             "dask/worker": outcome["worker"],
             "dask/exit_code": outcome["returncode"],
             "dask/wall_time_seconds": round(time.monotonic() - started, 4),
         }
-        dashboard = self._dashboard_link(dask_client)
-        if dashboard:
-            metadata["dask/dashboard_url"] = MetadataValue.url(dashboard)
-        return PipesClientCompletedInvocation(session, metadata=metadata)
-
-    # -- waiting --------------------------------------------------------------------------
-
-    def _await(
-        self,
-        context: OpExecutionContext,
-        dask_client: Client,
-        future: Future,
-        reader: PipesDaskMessageReader,
-        stop_event: str,
-        restrictions: Mapping[str, Any],
-    ) -> LaunchOutcome:
-        # Done when the launcher's last batch was handled, or when the task ended otherwise.
-        done = threading.Event()
-        reader.on_end = done.set
-        if reader.ended.is_set():
-            done.set()
-        future.add_done_callback(lambda _f: done.set())
-        try:
-            self._watch(dask_client, future, done, reader, restrictions)
-        except DagsterExecutionInterruptedError:
-            if self.forward_termination and not done.is_set():
-                context.log.info(
-                    "[pipes] execution interrupted: stopping the process on the Dask worker "
-                    f"(SIGINT, then SIGKILL after {self.termination_timeout_seconds:g}s)."
-                )
-                _scheduler_rpc(dask_client, "event_set", name=stop_event)
-                done.wait(timeout=self.termination_timeout_seconds + 10)
-            if not done.is_set():
-                future.cancel()
-            raise
-        return self._outcome_of(dask_client, future, reader)
-
-    def _watch(
-        self,
-        dask_client: Client,
-        future: Future,
-        done: threading.Event,
-        reader: PipesDaskMessageReader,
-        restrictions: Mapping[str, Any],
-    ) -> None:
-        """Wait for the task, failing fast if its worker is lost or no worker can ever run it."""
-        next_check = time.monotonic() + _LIVENESS_CHECK_SECONDS
-        unsatisfiable_since: float | None = None
-        while not done.wait(timeout=0.2):
-            now = time.monotonic()
-            if now < next_check:
-                continue
-            next_check = now + _LIVENESS_CHECK_SECONDS
-            if dask_client.status != "running":
-                continue  # reconnecting: the client cancels the future if the scheduler is gone
-            workers_info = dask_client.scheduler_info(n_workers=-1).get("workers", {})
-            if reader.started.is_set():
-                if reader.worker_address not in workers_info and not done.is_set():
-                    future.cancel()
-                    raise self._worker_lost(reader.worker_address)
-                continue
-            if not self._unrunnable(dask_client, future, workers_info, restrictions):
-                unsatisfiable_since = None
-                continue
-            unsatisfiable_since = unsatisfiable_since or now
-            if now - unsatisfiable_since >= self.worker_wait_timeout_seconds:
-                future.cancel()
-                timeout = self.worker_wait_timeout_seconds
-                raise PipesDaskNoWorkerError(
-                    _no_worker_message(workers_info, str(future.key), restrictions, timeout)
-                )
-
-    def _unrunnable(
-        self,
-        dask_client: Client,
-        future: Future,
-        workers_info: Mapping[str, Any],
-        restrictions: Mapping[str, Any],
-    ) -> bool:
-        """Whether no connected worker can run the task; the scheduler's own verdict first."""
-        if not workers_info:
-            return True  # with no worker at all the scheduler queues the task, silently
-        try:
-            state = dask_client.run_on_scheduler(_TASK_STATE, str(future.key))
-        except Exception:
-            state = None  # run_on_scheduler refused: judge from the workers' descriptions
-        if state is not None:
-            return state == "no-worker"
-        return not _runnable_somewhere(workers_info, restrictions)
-
-    def _outcome_of(
-        self, dask_client: Client, future: Future, reader: PipesDaskMessageReader
-    ) -> LaunchOutcome:
-        from distributed.scheduler import KilledWorker
-
-        if reader.outcome is not None:
-            return reader.outcome
-        if future.status == "error":
-            exc = cast(BaseException, future.exception())
-            if isinstance(exc, KilledWorker):
-                raise self._worker_lost(reader.worker_address) from exc
-            raise PipesDaskLaunchError(
-                f"The launcher task {future.key!r} failed on the Dask worker: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if future.status == "cancelled":
-            if dask_client.status != "running":
-                raise PipesDaskSchedulerUnreachableError(
-                    f"The connection to the Dask scheduler was lost while task {future.key!r} "
-                    "ran. The launcher stops the command when its worker loses the scheduler; "
-                    "add a Dagster RetryPolicy to run it again once the scheduler is back."
-                )
-            raise PipesDaskError(f"The Dask task {future.key!r} was cancelled on the cluster.")
-        outcome: LaunchOutcome = future.result()
-        if outcome["status"] == "redelivered":
-            raise self._worker_lost(reader.worker_address, redelivered_to=outcome["worker"])
-        return outcome
-
-    def _worker_lost(
-        self, worker: str | None, redelivered_to: str | None = None
-    ) -> PipesDaskWorkerLostError:
-        where = f" ({worker})" if worker else ""
-        again = (
-            f" Dask delivered the task again to {redelivered_to}, which refused to start it."
-            if redelivered_to
-            else ""
-        )
-        return PipesDaskWorkerLostError(
-            f"The Dask worker running the external process{where} was lost.{again} The command "
-            "is not re-run automatically because it may have side effects; add a Dagster "
-            "RetryPolicy to the asset or op to run it again."
-        )
-
-    def _raise_for_outcome(self, outcome: LaunchOutcome, reader: PipesDaskMessageReader) -> None:
-        if outcome["status"] == "launch_failed":
-            raise PipesDaskLaunchError(
-                f"{outcome['error']} (Dask worker {outcome['worker']}, host {outcome['hostname']})"
-            )
-        code = outcome["returncode"]
-        if code == 0:
-            return
-        assert code is not None
-        tail = outcome["stderr_tail"].rstrip()
-        how = f"was {outcome['error']}" if outcome["error"] else f"failed with exit code {code}"
-        stopped = " after a stop request" if outcome["status"] == "stopped" else ""
-        raise PipesDaskProcessError(
-            f"External process on Dask worker {outcome['worker']} "
-            f"(host {outcome['hostname']}) {how}{stopped}."
-            + (f"\nLast lines of its stderr:\n{tail}" if tail else ""),
-            returncode=code,
-            worker=outcome["worker"],
-            stderr_tail=outcome["stderr_tail"],
-        )
-
-    # -- scheduler hygiene ----------------------------------------------------------------
-
-    def _forget_session(
-        self, dask_client: Client, topic: str, names: Mapping[str, str], *, stop: bool
-    ) -> None:
-        """Leave nothing of the session on a (possibly long-lived, shared) scheduler."""
-        if dask_client.status != "running":
-            return  # the scheduler is gone, and with it everything the session left there
-        events = [names["claim"], names["stop"]]
-        try:
-            # One call does it all. Dropping the topic on the scheduler also drops this client's
-            # subscription: an `unsubscribe-topic` message sent now could arrive after the
-            # removal (it travels on another channel) and re-create the topic.
-            dask_client.run_on_scheduler(_FORGET_SESSION, topic, events, stop)
-            getattr(dask_client, "_event_handlers", {}).pop(topic, None)
-            return
-        except Exception:
-            logger.debug(
-                "run_on_scheduler refused; cleaning up %s call by call", topic, exc_info=True
-            )
-        try:
-            # Without run_on_scheduler (`distributed.scheduler.pickle: false`) an empty topic stays.
-            if stop:
-                _scheduler_rpc(dask_client, "event_set", name=names["stop"])
-            for name in events:
-                _scheduler_rpc(dask_client, "event_clear", name=name)
-            dask_client.unsubscribe_topic(topic)
-        except Exception:
-            logger.debug("could not clean session %s from the scheduler", topic, exc_info=True)
-
-    def _dashboard_link(self, dask_client: Client) -> str | None:
-        # Dagster builds a new resource object for every run: cache per connection instead.
-        cache_key = (dask_client.id, self.embedded_dashboard)
-        if cache_key not in _dashboard_links:
-            link: str | None
-            try:
-                link = _dashboard_link(dask_client, self.embedded_dashboard)
-            except Exception:
-                link = None
-            _dashboard_links[cache_key] = link
-        return _dashboard_links[cache_key]
-
-
-def _scheduler_rpc(dask_client: Client, op: str, **kwargs: Any) -> Any:
-    """Call a scheduler handler (e.g. the event extension's) from a synchronous client."""
-    scheduler = dask_client.scheduler
-    assert scheduler is not None, "the Dask client is not connected"
-    return dask_client.sync(getattr(scheduler, op), callback_timeout=_RPC_TIMEOUT_SECONDS, **kwargs)
-
-
-def _dashboard_link(dask_client: Client, embedded_dashboard: bool) -> str | None:
-    info = dask_client.scheduler_info(n_workers=0)
-    port = info.get("services", {}).get("dashboard")
-    if port is None:
-        return None
-    if str(info.get("address", "")).startswith("inproc://"):
-        # The embedded cluster serves its dashboard on loopback only.
-        return f"http://127.0.0.1:{port}/status" if embedded_dashboard else None
-    try:
-        served = dask_client.run_on_scheduler(_DASHBOARD_SERVED)
-    except Exception:
-        served = True  # run_on_scheduler refused: trust the listed service
-    return dask_client.dashboard_link if served else None
+        link = dashboard_link(task.client, task.state, self.embedded_dashboard)
+        if link:
+            metadata["dask/dashboard_url"] = MetadataValue.url(link)
+        return metadata
 
 
 def _op_context(
@@ -634,42 +352,6 @@ def _partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
     except Exception:
         pass  # not time-partitioned
     return overrides
-
-
-def _runnable_somewhere(workers_info: Mapping[str, Any], restrictions: Mapping[str, Any]) -> bool:
-    from distributed.comm.addressing import resolve_address
-
-    resources = restrictions.get("resources") or {}
-    allowed: set[str] = set()
-    for entry in restrictions.get("workers") or ():
-        allowed.add(str(entry))
-        with contextlib.suppress(ValueError, TypeError):
-            allowed.add(resolve_address(str(entry)))  # "127.0.0.1:8788" → "tcp://127.0.0.1:8788"
-    for address, info in workers_info.items():
-        if allowed and not {address, str(info.get("name")), info.get("host")} & allowed:
-            continue
-        have = info.get("resources") or {}
-        if all(have.get(name, 0) >= amount for name, amount in resources.items()):
-            return True
-    return False
-
-
-def _no_worker_message(
-    workers_info: Mapping[str, Any], key: str, restrictions: Mapping[str, Any], timeout: float
-) -> str:
-    if not workers_info:
-        return (
-            f"No Dask worker connected to the scheduler within {timeout:g}s, so the task "
-            f"{key!r} could not start. Start a worker (`dask worker <scheduler>`)."
-        )
-    offered = {addr: info.get("resources") or {} for addr, info in workers_info.items()}
-    return (
-        f"No Dask worker can run task {key!r}: it needs "
-        f"resources={restrictions.get('resources') or {}} workers={restrictions.get('workers')}, "
-        f"and within {timeout:g}s no connected worker offered them (workers and their "
-        f"resources: {offered}). Start a worker with `dask worker --resources ...` or change "
-        "`resources=`/`workers=`."
-    )
 
 
 __all__ = ["PipesDaskClient"]

@@ -4,7 +4,9 @@ In order: an explicit scheduler address, else ``DASK_SCHEDULER_ADDRESS`` / Dask'
 ``scheduler-address`` config, else an embedded in-process ``LocalCluster``.
 
 Connections are cached per process and address, so consecutive runs in one process share one
-scheduler connection (and one embedded cluster) instead of paying for a new one each time.
+scheduler connection (and one embedded cluster) instead of paying for a new one each time. Each
+connection also carries a :class:`ConnectionState`: what the client has learned about that
+scheduler (Dagster builds a new resource object for every run, so the resource cannot hold it).
 Everything cached is closed when the process exits, or by :func:`close_cached_clients`.
 """
 
@@ -29,9 +31,26 @@ _lock = threading.Lock()
 
 
 @dataclass
+class ConnectionState:
+    """What one scheduler connection has learned about its scheduler.
+
+    Attributes:
+        published_launchers: Digests of the launchers published in the scheduler's metadata.
+        dashboard_links: The dashboard link, by whether the embedded dashboard was asked for.
+        run_function_refused: The scheduler blocks ``run_function`` (and ``run_on_scheduler``).
+    """
+
+    published_launchers: set[str] = field(default_factory=set)
+    dashboard_links: dict[bool, str | None] = field(default_factory=dict)
+    run_function_refused: bool = False
+
+
+@dataclass
 class _Cache:
     pid: int = field(default_factory=os.getpid)
     clients: dict[str, Client] = field(default_factory=dict)
+    # By Client.id: a reconnection is a new client, which learns everything again.
+    states: dict[str, ConnectionState] = field(default_factory=dict)
     cluster: LocalCluster | None = None
 
 
@@ -109,6 +128,7 @@ def get_dask_client(
             return client
         if client is not None:
             _close_quietly(client)
+            _cache.states.pop(client.id, None)
         if address is None:
             if _cache.cluster is not None:
                 _close_quietly(_cache.cluster)
@@ -133,6 +153,12 @@ def get_dask_client(
         return client
 
 
+def connection_state(client: Client) -> ConnectionState:
+    """The state of a connection (of a cached client, or of one made elsewhere)."""
+    with _lock:
+        return _cache.states.setdefault(client.id, ConnectionState())
+
+
 def _close_quietly(obj: Client | LocalCluster) -> None:
     try:
         obj.close()
@@ -148,6 +174,7 @@ def close_cached_clients() -> None:
         for client in _cache.clients.values():
             _close_quietly(client)
         _cache.clients.clear()
+        _cache.states.clear()
         if _cache.cluster is not None:
             _close_quietly(_cache.cluster)
             _cache.cluster = None

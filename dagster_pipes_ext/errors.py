@@ -1,8 +1,16 @@
-"""Errors raised by ``PipesDaskClient``; all are ``DagsterPipesExecutionError``s."""
+"""Errors raised by ``PipesDaskClient``; all are ``DagsterPipesExecutionError``s.
+
+Also the mapping from what the cluster reported to the error a step fails with.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from dagster._core.errors import DagsterPipesExecutionError
+
+from dagster_pipes_ext.remote.wire import LAUNCHER_METADATA_KEY, LaunchOutcome
 
 
 class PipesDaskError(DagsterPipesExecutionError):
@@ -39,3 +47,103 @@ class PipesDaskProcessError(PipesDaskError):
         self.returncode = returncode
         self.worker = worker
         self.stderr_tail = stderr_tail
+
+
+# -- from what the cluster said to the error the step fails with --------------------------------
+
+
+def error_for_outcome(
+    outcome: LaunchOutcome, started_on: str | None = None
+) -> PipesDaskError | None:
+    """The error for a launcher's outcome, or ``None`` when the command exited 0.
+
+    Args:
+        outcome: What the launcher returned.
+        started_on: The worker an earlier delivery of the task started on, if known.
+    """
+    if outcome["status"] == "launcher_missing":
+        return PipesDaskLaunchError(
+            f"Dask worker {outcome['worker']} could not find the launcher this client published "
+            f"in the scheduler's metadata (key {list(LAUNCHER_METADATA_KEY)}), even after "
+            "publishing it again; the command was not started. Check that the scheduler accepts "
+            "set_metadata/get_metadata calls."
+        )
+    if outcome["status"] == "redelivered":
+        return worker_lost_error(started_on, redelivered_to=outcome["worker"])
+    if outcome["status"] == "launch_failed":
+        return PipesDaskLaunchError(
+            f"{outcome['error']} (Dask worker {outcome['worker']}, host {outcome['hostname']})"
+        )
+    code = outcome["returncode"]
+    if code == 0:
+        return None
+    assert code is not None
+    tail = outcome["stderr_tail"].rstrip()
+    how = f"was {outcome['error']}" if outcome["error"] else f"failed with exit code {code}"
+    stopped = " after a stop request" if outcome["status"] == "stopped" else ""
+    return PipesDaskProcessError(
+        f"External process on Dask worker {outcome['worker']} "
+        f"(host {outcome['hostname']}) {how}{stopped}."
+        + (f"\nLast lines of its stderr:\n{tail}" if tail else ""),
+        returncode=code,
+        worker=outcome["worker"],
+        stderr_tail=outcome["stderr_tail"],
+    )
+
+
+def worker_lost_error(
+    worker: str | None, redelivered_to: str | None = None
+) -> PipesDaskWorkerLostError:
+    """The worker running the command was lost (and Dask may have delivered the task again)."""
+    where = f" ({worker})" if worker else ""
+    again = (
+        f" Dask delivered the task again to {redelivered_to}, which refused to start it."
+        if redelivered_to
+        else ""
+    )
+    return PipesDaskWorkerLostError(
+        f"The Dask worker running the external process{where} was lost.{again} The command is "
+        "not re-run automatically because it may have side effects; add a Dagster RetryPolicy "
+        "to the asset or op to run it again."
+    )
+
+
+def error_for_ended_task(
+    key: str, exception: BaseException | None, cancelled: bool, connected: bool, worker: str | None
+) -> PipesDaskError:
+    """The error for a launcher task that ended without an outcome (failed or cancelled)."""
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exception, KilledWorker):
+        return worker_lost_error(worker)
+    if exception is not None:
+        return PipesDaskLaunchError(
+            f"The launcher task {key!r} failed on the Dask worker: "
+            f"{type(exception).__name__}: {exception}"
+        )
+    if cancelled and not connected:
+        return PipesDaskSchedulerUnreachableError(
+            f"The connection to the Dask scheduler was lost while task {key!r} ran. The launcher "
+            "stops the command when its worker loses the scheduler; add a Dagster RetryPolicy "
+            "to run it again once the scheduler is back."
+        )
+    return PipesDaskError(f"The Dask task {key!r} was cancelled on the cluster.")
+
+
+def no_worker_error(
+    workers_info: Mapping[str, Any], key: str, restrictions: Mapping[str, Any], timeout: float
+) -> PipesDaskNoWorkerError:
+    """No connected worker could run the task within ``timeout`` seconds."""
+    if not workers_info:
+        return PipesDaskNoWorkerError(
+            f"No Dask worker connected to the scheduler within {timeout:g}s, so the task "
+            f"{key!r} could not start. Start a worker (`dask worker <scheduler>`)."
+        )
+    offered = {addr: info.get("resources") or {} for addr, info in workers_info.items()}
+    return PipesDaskNoWorkerError(
+        f"No Dask worker can run task {key!r}: it needs "
+        f"resources={restrictions.get('resources') or {}} workers={restrictions.get('workers')}, "
+        f"and within {timeout:g}s no connected worker offered them (workers and their "
+        f"resources: {offered}). Start a worker with `dask worker --resources ...` or change "
+        "`resources=`/`workers=`."
+    )

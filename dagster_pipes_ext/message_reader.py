@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import queue
@@ -16,17 +15,18 @@ from typing import TYPE_CHECKING, Any, cast
 from dagster import PipesMessageReader
 from dagster_pipes import PipesParams
 
-from dagster_pipes_ext.worker import (
+from dagster_pipes_ext.cluster import connection_state
+from dagster_pipes_ext.remote import dask_compat
+from dagster_pipes_ext.remote.scheduler_ops import SUBSCRIBE_TOPIC
+from dagster_pipes_ext.remote.wire import (
     REC_END,
     REC_MESSAGES,
     REC_NOTE,
-    REC_PID,
     REC_START,
     REC_STDERR,
     REC_STDOUT,
     EventBatch,
     LaunchOutcome,
-    subscribe_topic,
 )
 
 if TYPE_CHECKING:
@@ -34,16 +34,15 @@ if TYPE_CHECKING:
     from distributed import Client
 
 READER_PARAM = "dask_topic"
-# A lambda: pickled by value for the scheduler, which cannot import this package.
-_SUBSCRIBE = lambda topic, client_id, dask_scheduler=None: subscribe_topic(  # noqa: E731
-    topic, client_id, dask_scheduler
-)
 _STOP = object()
-_SUBSCRIBE_TIMEOUT_SECONDS = 10.0
-# Dask clients (by id) whose scheduler refused run_function: they subscribe the batched way.
-_REFUSED_RUN_FUNCTION: set[str] = set()
-_MAX_MALFORMED_WARNINGS = 10
-_GAP_FILL_AFTER_SECONDS = 1.0
+SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+MAX_MALFORMED_WARNINGS = 10
+GAP_FILL_AFTER_SECONDS = 1.0
+QUEUE_POLL_SECONDS = 0.5
+# Closing without the launcher's last batch: how long the topic must stay quiet, and at most.
+QUIET_SECONDS = 0.25
+QUIET_DRAIN_SECONDS = 3.0
+CONSUMER_JOIN_SECONDS = 10.0
 
 
 class PipesDaskMessageReader(PipesMessageReader):
@@ -63,17 +62,13 @@ class PipesDaskMessageReader(PipesMessageReader):
         forward_stdio: Write the external process's stdout/stderr to the step's compute logs.
         log: Where launcher notices and reader warnings go (the step's ``context.log``).
         drain_timeout_seconds: How long closing the session waits for messages still in flight.
+        on_end: Called (from the consumer thread) once the launcher's last batch was handled.
 
     Attributes:
-        started: Set once the launcher has started on a worker.
-        worker_address: The address of that worker.
-        worker_hostname: The host it runs on.
-        pid: The external process's id on that host, once it started.
+        worker_address: The address of the worker the launcher started on, once it did.
         message_count: Pipes messages handed to Dagster so far.
         lost_batches: Batches given up on as never arriving (normally 0).
         outcome: The launcher's outcome, once its last batch was handled (after every message).
-        ended: Set together with ``outcome``.
-        on_end: Called (from the consumer thread) right after ``ended`` is set.
     """
 
     def __init__(
@@ -84,6 +79,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         forward_stdio: bool = True,
         log: Any = None,
         drain_timeout_seconds: float = 60.0,
+        on_end: Callable[[], Any] | None = None,
     ) -> None:
         self._client = dask_client
         self.topic = topic
@@ -95,19 +91,15 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._next_seq = 0
         self._pending: dict[int, EventBatch] = {}
         self._last_progress = time.monotonic()
-        self._last_seq: int | None = None
+        self._final_seq: int | None = None
         self._handler: PipesMessageHandler | None = None
         self._malformed = 0
         self._subscription: concurrent.futures.Future[Any] | None = None
-        self.started = threading.Event()
+        self._on_end = on_end
         self.worker_address: str | None = None
-        self.worker_hostname: str | None = None
-        self.pid: int | None = None
         self.message_count = 0
         self.lost_batches = 0
         self.outcome: LaunchOutcome | None = None
-        self.ended = threading.Event()
-        self.on_end: Callable[[], Any] | None = None
 
     # -- the session's side ---------------------------------------------------------------
 
@@ -136,8 +128,8 @@ class PipesDaskMessageReader(PipesMessageReader):
                 if not drained:
                     # Still handling what arrived: let it finish before the session closes.
                     # (Drained, the consumer has nothing left to hand to Dagster.)
-                    consumer.join(timeout=10)
-                if self._malformed > _MAX_MALFORMED_WARNINGS:
+                    consumer.join(timeout=CONSUMER_JOIN_SECONDS)
+                if self._malformed > MAX_MALFORMED_WARNINGS:
                     self._warn(
                         f"[pipes] {self._malformed} malformed message lines were skipped in all."
                     )
@@ -151,12 +143,11 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     def _subscribe(self) -> None:
         """Start subscribing; the consumer thread collects the result before handling events."""
-        handlers = getattr(self._client, "_event_handlers", None)
-        if isinstance(handlers, dict) and self._client.id not in _REFUSED_RUN_FUNCTION:
-            handlers[self.topic] = self._on_event
-            coroutine = self._client._run_on_scheduler(_SUBSCRIBE, self.topic, self._client.id)
-            self._subscription = asyncio.run_coroutine_threadsafe(
-                coroutine, cast(Any, self._client.loop).asyncio_loop
+        if not connection_state(self._client).run_function_refused and (
+            dask_compat.set_topic_handler(self._client, self.topic, self._on_event)
+        ):
+            self._subscription = dask_compat.start_run_on_scheduler(
+                self._client, SUBSCRIBE_TOPIC, self.topic, self._client.id
             )
             return
         # The scheduler refuses run_function: the batched way, which travels ahead of the task.
@@ -167,11 +158,11 @@ class PipesDaskMessageReader(PipesMessageReader):
         if self._subscription is None:
             return
         try:
-            earlier = self._subscription.result(timeout=_SUBSCRIBE_TIMEOUT_SECONDS)
+            earlier = self._subscription.result(timeout=SUBSCRIBE_TIMEOUT_SECONDS)
         except Exception:
             # run_function refused (or the call failed): subscribe the batched way, then re-read
             # the topic for what was published meanwhile (the gap filler catches any rest).
-            _REFUSED_RUN_FUNCTION.add(self._client.id)
+            connection_state(self._client).run_function_refused = True
             self._client.subscribe_topic(self.topic, self._on_event)
             try:
                 retained = self._client.get_events(self.topic)
@@ -184,9 +175,14 @@ class PipesDaskMessageReader(PipesMessageReader):
             if isinstance(batch, dict) and "s" in batch:
                 self._accept(batch)  # type: ignore[arg-type]
 
-    def set_last_seq(self, last_seq: int) -> None:
-        """Tell the reader the sequence number of the launcher's final batch."""
-        self._last_seq = last_seq
+    def expect_final_batch(self, last_seq: int) -> None:
+        """Tell the reader the launcher's last sequence number (the task's result came first)."""
+        if last_seq >= 0:
+            self._set_final_seq(last_seq)
+
+    def _set_final_seq(self, seq: int) -> None:
+        # The one writer: from the launcher's last batch, or from the task's result.
+        self._final_seq = seq
 
     def no_messages_debug_text(self) -> str:
         """Tell the user what the external process should have done."""
@@ -208,20 +204,20 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._finish_subscribing()
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=QUEUE_POLL_SECONDS)
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
             if item is not None:
                 self._accept(item)
-            if self._missing() and time.monotonic() - self._last_progress > _GAP_FILL_AFTER_SECONDS:
+            if self._missing() and time.monotonic() - self._last_progress > GAP_FILL_AFTER_SECONDS:
                 self._fill_gaps()
 
     def _missing(self) -> bool:
         """Whether a batch is overdue: a hole before a received one, or before the final one."""
         return bool(self._pending) or (
-            self._last_seq is not None and self._next_seq <= self._last_seq
+            self._final_seq is not None and self._next_seq <= self._final_seq
         )
 
     def _accept(self, batch: EventBatch) -> None:
@@ -253,9 +249,9 @@ class PipesDaskMessageReader(PipesMessageReader):
         for _, batch in events:
             if isinstance(batch, dict) and "s" in batch and batch["s"] >= self._next_seq:
                 self._accept(batch)  # type: ignore[arg-type]
-        if self._last_seq is None or not self._missing():
+        if self._final_seq is None or not self._missing():
             return  # the launcher is still running: later events may yet close the hole
-        first = min(self._pending) if self._pending else self._last_seq + 1
+        first = min(self._pending) if self._pending else self._final_seq + 1
         lost = first - self._next_seq
         self.lost_batches += lost
         self._warn(
@@ -284,18 +280,13 @@ class PipesDaskMessageReader(PipesMessageReader):
                     sys.stderr.flush()
             elif kind == REC_START:
                 self.worker_address = data.get("worker")
-                self.worker_hostname = data.get("hostname")
-                self.started.set()
-            elif kind == REC_PID:
-                self.pid = int(data)
             elif kind == REC_NOTE:
                 self._info(str(data))
             elif kind == REC_END:
+                self._set_final_seq(int(data["last_seq"]))
                 self.outcome = data
-                self._last_seq = int(data["last_seq"])
-                self.ended.set()
-                if self.on_end is not None:
-                    self.on_end()
+                if self._on_end is not None:
+                    self._on_end()
 
     def _handle_line(self, line: str) -> None:
         assert self._handler is not None
@@ -305,7 +296,7 @@ class PipesDaskMessageReader(PipesMessageReader):
                 raise ValueError("not a Pipes message object")
         except ValueError as exc:
             self._malformed += 1
-            if self._malformed <= _MAX_MALFORMED_WARNINGS:
+            if self._malformed <= MAX_MALFORMED_WARNINGS:
                 self._warn(
                     f"[pipes] skipped a malformed message line from the external process "
                     f"({exc}): {line[:200]!r}"
@@ -326,14 +317,14 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     def _drain(self) -> bool:
         """Wait for the messages still in flight; return whether every batch was handled."""
-        if self._last_seq is None:
+        if self._final_seq is None:
             # The launcher never reported its final batch (it failed or its worker was lost):
             # handle what has already arrived, until the topic is quiet.
-            deadline = time.monotonic() + 3.0
+            deadline = time.monotonic() + QUIET_DRAIN_SECONDS
             seen = -2
             while time.monotonic() < deadline:
                 with self._cond:
-                    self._cond.wait(timeout=0.25)
+                    self._cond.wait(timeout=QUIET_SECONDS)
                     now = self._next_seq
                 if now == seen and self._queue.empty():
                     break
@@ -341,12 +332,13 @@ class PipesDaskMessageReader(PipesMessageReader):
             return False
         deadline = time.monotonic() + self._drain_timeout
         with self._cond:
-            while self._next_seq <= self._last_seq and time.monotonic() < deadline:
-                self._cond.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
-            if self._next_seq > self._last_seq:
+            while self._next_seq <= self._final_seq and time.monotonic() < deadline:
+                remaining = max(0.0, deadline - time.monotonic())
+                self._cond.wait(timeout=min(QUEUE_POLL_SECONDS, remaining))
+            if self._next_seq > self._final_seq:
                 return True
         self._warn(
-            f"[pipes] {self._last_seq + 1 - self._next_seq} message batch(es) did not arrive "
+            f"[pipes] {self._final_seq + 1 - self._next_seq} message batch(es) did not arrive "
             f"within {self._drain_timeout:g}s of the task's end; closing without them."
         )
         return False

@@ -41,7 +41,7 @@ def _run_session(publish_before, publish_during, last_seq: int, instance: Dagste
         ) as session:
             for batch in publish_during:
                 dask_client.log_event(topic, batch)
-            reader.set_last_seq(last_seq)
+            reader.expect_final_batch(last_seq)
         seen["custom"] = session.get_custom_messages()
         seen["seconds"] = time.monotonic() - started
         seen["lost"] = reader.lost_batches

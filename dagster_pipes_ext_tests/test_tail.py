@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_pipes_ext.worker import _LineTail
+from dagster_pipes_ext.remote.tail import LineTail
 
 
 def _lines(chunks: list[bytes]) -> list[bytes]:
@@ -18,7 +18,7 @@ def test_chunks_hold_whole_lines_and_respect_the_limit(tmp_path: Path, max_bytes
     path.write_bytes(b"")
     lines = [(b"x" * (i % 97)) + b"-%d" % i for i in range(3000)]
     lines[1234] = b"L" * 200_000  # one line longer than most limits: it travels whole
-    tail = _LineTail(str(path), max_bytes)
+    tail = LineTail(str(path), max_bytes)
     got: list[bytes] = []
     with open(path, "ab") as f:
         data = b"".join(line + b"\n" for line in lines)
@@ -38,7 +38,7 @@ def test_chunks_hold_whole_lines_and_respect_the_limit(tmp_path: Path, max_bytes
 def test_unterminated_last_line_is_delivered_at_the_end(tmp_path: Path) -> None:
     path = tmp_path / "messages.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2}')
-    tail = _LineTail(str(path), 1024)
+    tail = LineTail(str(path), 1024)
     assert tail.read_chunks() == [b'{"a": 1}\n']
     assert tail.read_chunks() == []  # the partial line waits for its newline
     assert tail.read_rest() == [b'{"b": 2}\n']
@@ -49,7 +49,7 @@ def test_reads_more_than_one_read_chunk_at_once(tmp_path: Path) -> None:
     path = tmp_path / "messages.jsonl"
     line = b"y" * 99
     path.write_bytes((line + b"\n") * 30_000)  # 3 MB: several os.read calls
-    tail = _LineTail(str(path), 128 * 1024)
+    tail = LineTail(str(path), 128 * 1024)
     chunks = tail.read_chunks()
     tail.close()
     assert all(len(c) <= 128 * 1024 for c in chunks)

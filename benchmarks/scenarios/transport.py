@@ -17,16 +17,16 @@ embedded cluster and on a separate ``dask scheduler`` + ``dask worker``.
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 import uuid
 from typing import Any
 
 from benchmarks import common
-from dagster_pipes_ext.client import _FORGET_SESSION, _launch_entry
-from dagster_pipes_ext.cluster import close_cached_clients, get_dask_client
+from dagster_pipes_ext.cluster import close_cached_clients, connection_state, get_dask_client
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
-from dagster_pipes_ext.worker import LaunchSpec
+from dagster_pipes_ext.remote.wire import LaunchSpec, session_names
+from dagster_pipes_ext.task import LaunchTask
 
 FULL_MESSAGES = 1_000_000
 QUICK_MESSAGES = 200_000
@@ -55,17 +55,27 @@ class _LineCountingReader(PipesDaskMessageReader):
 
 def _one_session(dask_client: Any, count: int, parse: bool) -> float:
     """Stream ``count`` lines through one session; return the seconds it took."""
-    session = uuid.uuid4().hex
-    topic = f"dagster-pipes/bench-transport/{session}"
+    names = session_names("bench-transport", uuid.uuid4().hex)
+    task = LaunchTask(
+        dask_client,
+        connection_state(dask_client),
+        key=f"bench-transport-{names.topic.rsplit('/', 1)[-1]}",
+        topic=names.topic,
+        events=names.events,
+        forward_termination=True,
+        termination_timeout_seconds=5.0,
+        worker_wait_timeout_seconds=TIMEOUT_SECONDS,
+        restrictions={},
+    )
     reader_class = PipesDaskMessageReader if parse else _LineCountingReader
-    reader = reader_class(dask_client=dask_client, topic=topic, forward_stdio=False)
+    reader = reader_class(
+        dask_client=dask_client, topic=names.topic, forward_stdio=False, on_end=task.notify_end
+    )
     handler = _CountingHandler()
-    names = [f"{topic}/claimed", f"{topic}/stop"]
     spec: LaunchSpec = {
-        "session_id": session,
-        "topic": topic,
-        "claim_event": names[0],
-        "stop_event": names[1],
+        "topic": names.topic,
+        "claim_event": names.claim_event,
+        "stop_event": names.stop_event,
         "command": common.command("transport_writer.py", count),
         "env": {},
         "cwd": None,
@@ -79,19 +89,10 @@ def _one_session(dask_client: Any, count: int, parse: bool) -> float:
     try:
         with reader.read_messages(handler):  # type: ignore[arg-type]
             start = time.perf_counter()
-            future = dask_client.submit(
-                _launch_entry(dask_client), spec, key=f"bench-transport-{session}"
-            )
-            finished = threading.Event()
-            future.add_done_callback(lambda _f: finished.set())
-            if not reader.ended.wait(TIMEOUT_SECONDS):
-                raise TimeoutError(f"the transport session did not end in {TIMEOUT_SECONDS}s")
+            outcome = task.run(spec, reader, logging.getLogger(__name__))
             elapsed = time.perf_counter() - start
-            finished.wait(TIMEOUT_SECONDS)
-            future.release()
     finally:
-        dask_client.run_on_scheduler(_FORGET_SESSION, topic, names, True)
-    outcome = reader.outcome or {}
+        task.forget(stop=True)
     if outcome.get("returncode") != 0:
         raise RuntimeError(f"the writer failed: {outcome}")
     got = handler.count if parse else reader.message_count

@@ -1,0 +1,153 @@
+"""Every private ``distributed`` attribute this package uses, and every ``run_function`` fallback.
+
+One file to review when ``distributed`` is upgraded.
+
+Used on the orchestrator, on workers and on the scheduler, so it imports only the standard
+library and ``distributed`` (it travels by value with the rest of ``remote``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
+
+T = TypeVar("T")
+
+
+class RunFunctionState(Protocol):
+    """What a connection remembers about its scheduler's ``run_function`` handler."""
+
+    run_function_refused: bool
+
+
+# -- on the scheduler ---------------------------------------------------------------------------
+
+
+def scheduler_topics(dask_scheduler: Any) -> dict[str, Any] | None:
+    """The scheduler's topics and their retained events (``EventBroker._topics``).
+
+    The scheduler has no API to delete a topic; a long-lived scheduler keeps every one.
+    """
+    topics = getattr(getattr(dask_scheduler, "_broker", None), "_topics", None)
+    return cast("dict[str, Any] | None", topics)
+
+
+def event_extension(dask_scheduler: Any) -> Any:
+    """The scheduler's events extension (``Event`` objects), or ``None``."""
+    return getattr(dask_scheduler, "extensions", {}).get("events")
+
+
+# -- on a worker --------------------------------------------------------------------------------
+
+
+def worker_rpc(worker: Any, op: str, **kwargs: Any) -> Any:
+    """Call a scheduler handler from a task thread through the worker's own connection pool."""
+    from distributed.utils import sync
+
+    return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+
+
+def current_task_key() -> Any:
+    """The key of the task running in this thread (``distributed.worker.thread_state``)."""
+    try:
+        from distributed.worker import thread_state
+
+        return getattr(thread_state, "key", None)
+    except ImportError:
+        return None
+
+
+def task_released_on_worker(worker: Any, key: Any) -> bool:
+    """Whether the scheduler released this running task (``Worker.state.tasks``).
+
+    Dask never interrupts a running task: it only forgets it, which is how the launcher learns
+    that the task's client (the Dagster step) is gone.
+    """
+    if key is None:
+        return False
+    ts = getattr(getattr(worker, "state", None), "tasks", {}).get(key)
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+
+def worker_closing(worker: Any) -> bool:
+    """Whether the worker is closing (it lost its scheduler, or is shutting down)."""
+    status = getattr(getattr(worker, "status", None), "name", "")
+    return status in ("closing", "closed", "failed")
+
+
+def run_function_from_worker(
+    worker: Any, function: Callable[..., T], args: tuple[Any, ...], fallback: Callable[[], T]
+) -> T:
+    """Run ``function(*args)`` on the scheduler from a worker; ``fallback()`` if refused."""
+    from distributed.protocol.pickle import dumps
+
+    try:
+        response = worker_rpc(
+            worker,
+            "run_function",
+            function=dumps(function),
+            args=dumps(args),
+            kwargs=dumps({}),
+            wait=True,
+        )
+        if response.get("status") == "OK":
+            return cast(T, response["result"])
+    except Exception:
+        pass  # run_function is blocked on this scheduler
+    return fallback()
+
+
+# -- on the orchestrator ------------------------------------------------------------------------
+
+
+def run_on_scheduler(
+    client: Any,
+    state: RunFunctionState,
+    function: Callable[..., T],
+    *args: Any,
+    fallback: Callable[[], T],
+) -> T:
+    """``client.run_on_scheduler(function, *args)``, or ``fallback()`` where it is refused.
+
+    A refusal (``distributed.scheduler.blocked-handlers`` naming ``run_function``) is remembered
+    for the connection, so later calls go to the fallback at once.
+    """
+    if not state.run_function_refused:
+        try:
+            return cast(T, client.run_on_scheduler(function, *args))
+        except Exception:
+            state.run_function_refused = True
+    return fallback()
+
+
+def start_run_on_scheduler(
+    client: Any, function: Callable[..., Any], *args: Any
+) -> concurrent.futures.Future[Any]:
+    """Start ``run_on_scheduler`` from any thread without waiting (``Client._run_on_scheduler``)."""
+    coroutine = client._run_on_scheduler(function, *args)
+    return asyncio.run_coroutine_threadsafe(coroutine, client.loop.asyncio_loop)
+
+
+def set_topic_handler(client: Any, topic: str, handler: Callable[[Any], None] | None) -> bool:
+    """Install (or drop, with ``None``) a client's handler for a topic without subscribing.
+
+    ``Client._event_handlers`` is what ``Client.subscribe_topic`` fills; setting it directly
+    lets the subscription itself travel on an RPC. Returns whether the client has that dict.
+    """
+    handlers = getattr(client, "_event_handlers", None)
+    if not isinstance(handlers, dict):
+        return False
+    if handler is None:
+        handlers.pop(topic, None)
+    else:
+        handlers[topic] = handler
+    return True
+
+
+def scheduler_rpc(client: Any, op: str, timeout: float, **kwargs: Any) -> Any:
+    """Call a scheduler handler (e.g. the event extension's) from a synchronous client."""
+    scheduler = client.scheduler
+    assert scheduler is not None, "the Dask client is not connected"
+    return client.sync(getattr(scheduler, op), callback_timeout=timeout, **kwargs)

@@ -1,0 +1,416 @@
+"""The launcher: the Dask task that runs one Pipes session's command on a worker.
+
+One call of :func:`launch` is one session. It:
+
+1. refuses to run if the session was already claimed by an earlier delivery of the same task
+   (Dask silently re-runs tasks whose worker died; external code must not run twice);
+2. writes the context data to a worker-local file and starts the command in its own process
+   group with the stock ``DAGSTER_PIPES_CONTEXT``/``DAGSTER_PIPES_MESSAGES`` file params;
+3. tails the message file (complete lines only) and the process's stdout/stderr, and sends
+   them as batched, sequence-numbered scheduler events on the session's topic;
+4. stops the command when asked to, when the Dagster step is gone, or when the worker closes
+   (SIGINT to the group, SIGKILL after a timeout);
+5. sends its :class:`LaunchOutcome` as the last event and returns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from dagster_pipes_ext.remote import dask_compat
+from dagster_pipes_ext.remote.process import (
+    StdioDrain,
+    describe_signal,
+    launch_error,
+    signal_group,
+    start_process,
+)
+from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION
+from dagster_pipes_ext.remote.tail import LineTail
+from dagster_pipes_ext.remote.wire import (
+    LAUNCHER_METADATA_KEY,
+    PIPES_CONTEXT_ENV,
+    PIPES_MESSAGES_ENV,
+    REC_END,
+    REC_MESSAGES,
+    REC_NOTE,
+    REC_START,
+    EventBatch,
+    LaunchOutcome,
+    LaunchSpec,
+    encode_param,
+)
+
+# The size a record counts for in a batch when it carries no text.
+RECORD_OVERHEAD_BYTES = 64
+STOP_POLL_SECONDS = 2.0  # one long-poll of the stop event
+STOP_RETRY_SECONDS = 1.0  # after the scheduler did not answer it
+# Where a worker process keeps the launchers it unpickled (see ``launcher_entry``).
+_ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
+
+
+def launch(spec: LaunchSpec) -> LaunchOutcome:
+    """Run one Pipes session's command on this worker and stream what it reports.
+
+    Args:
+        spec: The session's launch specification.
+
+    Returns:
+        The outcome of the command (exit code, last sequence number sent, worker facts).
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    outcome = _new_outcome(worker)
+    if _already_claimed(worker, spec["claim_event"]):
+        outcome["status"] = "redelivered"
+        outcome["error"] = "the session was already started by an earlier delivery of this task"
+        return outcome
+    sender = Sender(worker, spec["topic"], spec["max_batch_bytes"])
+    workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
+    try:
+        abandoned = _run_session(spec, worker, sender, workdir, outcome)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if abandoned:
+        # Nobody reads the topic any more: clean the scheduler instead of publishing.
+        outcome["last_seq"] = sender.last_seq
+        _forget_abandoned_session(worker, spec)
+        return outcome
+    _send_outcome(sender, outcome)
+    return outcome
+
+
+def _new_outcome(worker: Any) -> LaunchOutcome:
+    return {
+        "status": "launch_failed",
+        "returncode": None,
+        "last_seq": -1,
+        "worker": str(worker.address),
+        "hostname": socket.gethostname(),
+        "pid": None,
+        "started_at": None,
+        "ended_at": time.time(),
+        "stderr_tail": "",
+        "error": None,
+        "max_rss_kib": None,
+        "cpu_user_seconds": None,
+        "cpu_system_seconds": None,
+    }
+
+
+def _already_claimed(worker: Any, name: str) -> bool:
+    """Set the session's claim event; return whether an earlier delivery had already set it.
+
+    One scheduler call; two event calls where the scheduler refuses ``run_function``.
+    """
+
+    def by_events() -> bool:
+        if dask_compat.worker_rpc(worker, "event_is_set", name=name):
+            return True
+        dask_compat.worker_rpc(worker, "event_set", name=name)
+        return False
+
+    return bool(dask_compat.run_function_from_worker(worker, CLAIM_SESSION, (name,), by_events))
+
+
+def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
+    """Send the outcome alone in the session's last event.
+
+    The orchestrator handles it right after the last message, without waiting for the
+    scheduler's task bookkeeping or fetching the task's result.
+    """
+    sender.flush()
+    outcome["last_seq"] = sender.last_seq + 1
+    sender.add(REC_END, dict(outcome))
+    sender.flush()
+
+
+class Sender:
+    """Sends ordered, sequence-numbered batches of records as scheduler events.
+
+    Only the task thread calls it, so events reach the orchestrator before the task result.
+    """
+
+    def __init__(self, worker: Any, topic: str, max_batch_bytes: int) -> None:
+        self._worker = worker
+        self._topic = topic
+        self._max_bytes = max_batch_bytes
+        self._records: list[list[Any]] = []
+        self._size = 0
+        self.last_seq = -1
+
+    def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
+        """Add a record to the current batch; send the batch once it is full."""
+        self._records.append([kind, data])
+        self._size += size
+        if self._size >= self._max_bytes:
+            self.flush()
+
+    def add_chunks(self, chunks: list[bytes]) -> None:
+        """Add chunks of whole message lines."""
+        for chunk in chunks:
+            self.add(REC_MESSAGES, chunk.decode("utf-8", errors="replace"), len(chunk))
+
+    def note(self, text: str) -> None:
+        """Add a launcher notice for the run's log."""
+        self.add(REC_NOTE, f"[pipes] {text}")
+
+    def flush(self) -> None:
+        """Send the current batch, if it holds anything."""
+        if not self._records:
+            return
+        self.last_seq += 1
+        batch: EventBatch = {"s": self.last_seq, "r": self._records}
+        self._records = []
+        self._size = 0
+        self._worker.log_event(self._topic, batch)
+
+
+# -- the session -------------------------------------------------------------------------------
+
+
+def _run_session(
+    spec: LaunchSpec, worker: Any, sender: Sender, workdir: str, outcome: LaunchOutcome
+) -> bool:
+    """Run the command, filling ``outcome``; return whether the Dagster step was gone."""
+    env, messages_path = _prepare_files(spec, workdir)
+    sender.add(REC_START, {"worker": outcome["worker"], "hostname": outcome["hostname"]})
+    try:
+        proc = start_process(spec, env)
+    except OSError as exc:
+        outcome["error"] = launch_error(spec, exc)
+        sender.note(outcome["error"])
+        outcome["ended_at"] = time.time()
+        return False
+    outcome["pid"] = proc.pid
+    outcome["started_at"] = time.time()
+    stdio = StdioDrain(proc, forward=spec["forward_stdio"])
+    policy = StopPolicy(worker, spec)
+    tail = LineTail(messages_path, spec["max_batch_bytes"])
+    returncode: int | None = None
+    rusage = None
+    try:
+        returncode, rusage = _pump_until_exit(proc, tail, stdio, policy, sender, spec)
+    finally:
+        policy.close()
+        tail.close()
+        if returncode is None:
+            signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stdio.join()
+    _record_exit(outcome, policy, returncode, rusage, stdio.stderr_tail())
+    return policy.abandoned
+
+
+def _prepare_files(spec: LaunchSpec, workdir: str) -> tuple[dict[str, str], str]:
+    """Write the context file, create the message file; return the command's env and its path."""
+    context_path = os.path.join(workdir, "context.json")
+    messages_path = os.path.join(workdir, "messages.jsonl")
+    with open(context_path, "w", encoding="utf-8") as f:
+        json.dump(spec["context_data"], f)
+    open(messages_path, "wb").close()
+    env = {**os.environ, **spec["env"]}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PIPES_CONTEXT_ENV] = encode_param({"path": context_path})
+    env[PIPES_MESSAGES_ENV] = encode_param({"path": messages_path})
+    return env, messages_path
+
+
+def _pump_until_exit(
+    proc: subprocess.Popen[bytes],
+    tail: LineTail,
+    stdio: StdioDrain,
+    policy: StopPolicy,
+    sender: Sender,
+    spec: LaunchSpec,
+) -> tuple[int, Any]:
+    """Forward messages and stdio until the command exited and its pipes closed."""
+    returncode: int | None = None
+    rusage = None
+    while True:
+        sender.add_chunks(tail.read_chunks())
+        stdio.drain(sender)
+        sender.flush()
+        if returncode is None:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                returncode = proc.returncode = os.waitstatus_to_exitcode(status)
+                rusage = ru
+                # Nothing the command started may outlive it.
+                signal_group(proc.pid, signal.SIGKILL)
+        if returncode is not None and not stdio.open:
+            sender.add_chunks(tail.read_rest())
+            sender.flush()
+            return returncode, rusage
+        policy.check(proc.pid, returncode is not None, sender)
+        stdio.wait(spec["poll_interval_seconds"])
+
+
+def _record_exit(
+    outcome: LaunchOutcome,
+    policy: StopPolicy,
+    returncode: int | None,
+    rusage: Any,
+    stderr_tail: str,
+) -> None:
+    outcome["status"] = "stopped" if policy.stop.is_set() else "exited"
+    outcome["returncode"] = returncode
+    outcome["ended_at"] = time.time()
+    outcome["stderr_tail"] = stderr_tail
+    if rusage is not None:
+        outcome["max_rss_kib"] = int(rusage.ru_maxrss)
+        outcome["cpu_user_seconds"] = float(rusage.ru_utime)
+        outcome["cpu_system_seconds"] = float(rusage.ru_stime)
+    if returncode is not None and returncode < 0:
+        outcome["error"] = f"killed by {describe_signal(returncode)}"
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
+
+class StopPolicy:
+    """When and how the command is stopped.
+
+    Stop when the orchestrator sets the session's stop event (a thread long-polls it), when the
+    scheduler released the task (its client, the Dagster step, is gone; with
+    ``stop_when_abandoned``), or when the worker starts closing (it lost its scheduler: nobody
+    could collect the result or stop the command any more). Stopping is SIGINT to the process
+    group, then SIGKILL after ``termination_timeout_seconds``.
+    """
+
+    def __init__(self, worker: Any, spec: LaunchSpec) -> None:
+        self._worker = worker
+        self._when_abandoned = spec["stop_when_abandoned"]
+        self._grace = spec["termination_timeout_seconds"]
+        self._task_key = dask_compat.current_task_key()
+        self._kill_at: float | None = None
+        self.stop = threading.Event()
+        self.abandoned = False
+        self._done = threading.Event()
+        threading.Thread(
+            target=self._watch_stop_event,
+            args=(spec["stop_event"],),
+            daemon=True,
+            name="pipes-stop-watch",
+        ).start()
+
+    def _watch_stop_event(self, name: str) -> None:
+        """Long-poll the session's stop event on the scheduler until the launcher is done."""
+        while not self._done.is_set():
+            try:
+                if dask_compat.worker_rpc(
+                    self._worker, "event_wait", name=name, timeout=STOP_POLL_SECONDS
+                ):
+                    self.stop.set()
+                    return
+            except Exception:
+                # The scheduler may be briefly unreachable; the launcher's own loop is unaffected.
+                if self._done.wait(STOP_RETRY_SECONDS):
+                    return
+
+    def check(self, pgid: int, exited: bool, sender: Sender) -> None:
+        """Decide whether to stop now, and signal the process group when it is time."""
+        if not self.stop.is_set():
+            self._notice_reasons(sender)
+        if exited:
+            return
+        if self.stop.is_set() and self._kill_at is None:
+            self._kill_at = time.monotonic() + self._grace
+            signal_group(pgid, signal.SIGINT)
+            sender.note("stop requested: sent SIGINT to the process group")
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            signal_group(pgid, signal.SIGKILL)
+            sender.note(
+                "process did not exit within termination_timeout_seconds: "
+                "sent SIGKILL to the process group"
+            )
+            self._kill_at = float("inf")
+
+    def _notice_reasons(self, sender: Sender) -> None:
+        if self._when_abandoned and dask_compat.task_released_on_worker(
+            self._worker, self._task_key
+        ):
+            self.abandoned = True
+            self.stop.set()
+            sender.note("the Dagster step is gone: stopping the command")
+        elif dask_compat.worker_closing(self._worker):
+            self.stop.set()
+            sender.note("the Dask worker is closing: stopping the command")
+
+    def close(self) -> None:
+        """End the stop-event watch."""
+        self._done.set()
+
+
+# -- clean-up and entry -------------------------------------------------------------------------
+
+
+def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
+    """Do the orchestrator's clean-up on the scheduler, since the orchestrator is gone."""
+    topic, events = spec["topic"], [spec["claim_event"], spec["stop_event"]]
+
+    def clear_events() -> bool:  # run_function refused: the empty topic stays
+        for name in events:
+            with contextlib.suppress(Exception):
+                dask_compat.worker_rpc(worker, "event_clear", name=name)
+        return False
+
+    dask_compat.run_function_from_worker(
+        worker, FORGET_SESSION, (topic, events, False), clear_events
+    )
+
+
+def launcher_entry(digest: str) -> Any:
+    """The task function: a few hundred bytes that run the launcher published as ``digest``.
+
+    The launcher itself (~30 KB pickled by value) is published once per scheduler connection in
+    the scheduler's metadata under :data:`LAUNCHER_METADATA_KEY` + ``[digest]``, not shipped with
+    every task: Dask would pickle it again on the scheduler for every task and keep a copy in its
+    logs of recent messages. Each worker process fetches and unpickles it on its first session
+    and keeps it, keyed by digest, so that orchestrators of different versions can share a
+    cluster. If the scheduler no longer has it (it was restarted), the task returns
+    ``"launcher_missing"`` before claiming the session, and the client publishes it again.
+    """
+
+    def entry(spec: LaunchSpec) -> LaunchOutcome:
+        import pickle
+        import types
+
+        cache = sys.modules.get(_ENTRY_CACHE_MODULE)
+        if cache is None:
+            cache = sys.modules.setdefault(
+                _ENTRY_CACHE_MODULE, types.ModuleType(_ENTRY_CACHE_MODULE)
+            )
+        launchers = cache.__dict__.setdefault("launchers", {})
+        run = launchers.get(digest)
+        if run is None:
+            # Only the standard library and distributed here: this function travels with every
+            # task, and a reference to a module of this package would pickle that module too.
+            from distributed import get_worker
+            from distributed.utils import sync
+
+            worker = get_worker()
+            payload = sync(
+                worker.loop,
+                worker.scheduler.get_metadata,
+                keys=[*LAUNCHER_METADATA_KEY, digest],
+                default=None,
+            )
+            if payload is None:
+                return {"status": "launcher_missing", "worker": str(worker.address)}  # type: ignore[typeddict-item]
+            run = launchers.setdefault(digest, pickle.loads(payload))
+        return run(spec)
+
+    return entry

@@ -1,0 +1,95 @@
+"""The functions run on the scheduler (``run_on_scheduler``) or from a worker (``run_function``).
+
+The scheduler cannot import this package: each function reaches it by value through
+:func:`on_scheduler`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dagster_pipes_ext.remote.dask_compat import event_extension, scheduler_topics
+
+
+def on_scheduler(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``function(*args, dask_scheduler)`` to be sent to the scheduler.
+
+    Two constraints meet here. The function must travel by value: the scheduler cannot import
+    this package, and Dask pickles an importable function by reference; a nested function is
+    always pickled by value by cloudpickle, together with the ``remote`` functions it calls
+    (registered by value). And ``run_on_scheduler`` passes the scheduler only to a function
+    whose signature names a ``dask_scheduler`` parameter.
+    """
+
+    def call(*args: Any, dask_scheduler: Any = None) -> Any:
+        return function(*args, dask_scheduler=dask_scheduler)
+
+    call.__name__ = function.__name__
+    return call
+
+
+def claim_session(name: str, dask_scheduler: Any = None) -> bool:
+    """Set a session's claim event and return whether it was set before."""
+    extension = event_extension(dask_scheduler)
+    already = bool(extension.event_is_set(name=name))
+    extension.event_set(name=name)
+    return already
+
+
+def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> list[Any]:
+    """Subscribe a client to a topic; return the events published before.
+
+    Subscribing and reading the retained events in one step of the scheduler's event loop means
+    every event is either returned here or forwarded to the client, whichever way the scheduler
+    orders this call and the task's submission. So the orchestrator submits without waiting for
+    the subscription. (``Client.subscribe_topic`` rides the client's batched stream, which then
+    holds the submission back for the stream's 10 ms interval.)
+    """
+    dask_scheduler.subscribe_topic(topic, client_id)
+    return [event for _, event in dask_scheduler.get_events(topic)]
+
+
+def forget_session(
+    topic: str, events: list[str], release_launcher: bool, dask_scheduler: Any = None
+) -> bool:
+    """Remove a finished session's events and topic in one scheduler call.
+
+    Setting the stop event first releases a launcher's long-poll on it at once (a finished
+    launcher ignores it); a cleared event without waiters is deleted, and one still waited on is
+    deleted when its last waiter times out. Removing the topic also drops its subscriptions.
+    The scheduler keeps every topic and its last events for its lifetime otherwise.
+    """
+    extension = event_extension(dask_scheduler)
+    if extension is not None:
+        if release_launcher:
+            extension.event_set(name=events[-1])
+        for name in events:
+            extension.event_clear(name=name)
+    topics = scheduler_topics(dask_scheduler)
+    return topics is not None and topics.pop(topic, None) is not None
+
+
+def task_state(key: str, dask_scheduler: Any = None) -> str | None:
+    """The scheduler's state of a task, ``None`` if unknown.
+
+    ``"no-worker"`` means no connected worker satisfies the task's restrictions.
+    """
+    ts = dask_scheduler.tasks.get(key)
+    return None if ts is None else str(ts.state)
+
+
+def dashboard_served(dask_scheduler: Any = None) -> bool:
+    """Whether the scheduler process serves the bokeh dashboard.
+
+    The scheduler lists an HTTP "dashboard" service even when it serves only health and metrics.
+    """
+    return "distributed.dashboard.scheduler" in sys.modules
+
+
+CLAIM_SESSION = on_scheduler(claim_session)
+SUBSCRIBE_TOPIC = on_scheduler(subscribe_topic)
+FORGET_SESSION = on_scheduler(forget_session)
+TASK_STATE = on_scheduler(task_state)
+DASHBOARD_SERVED = on_scheduler(dashboard_served)

@@ -1,0 +1,326 @@
+"""The orchestrator's side of one launcher task: submit it, wait for it, stop it, clean up.
+
+Internal API, also used by the benchmarks: :class:`LaunchTask` and :func:`dashboard_link`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import cloudpickle
+from dagster import DagsterExecutionInterruptedError
+
+from dagster_pipes_ext import remote
+from dagster_pipes_ext.cluster import ConnectionState
+from dagster_pipes_ext.errors import error_for_ended_task, no_worker_error, worker_lost_error
+from dagster_pipes_ext.message_reader import PipesDaskMessageReader
+from dagster_pipes_ext.remote import dask_compat
+from dagster_pipes_ext.remote.launcher import launch, launcher_entry
+from dagster_pipes_ext.remote.scheduler_ops import DASHBOARD_SERVED, FORGET_SESSION, TASK_STATE
+from dagster_pipes_ext.remote.wire import LAUNCHER_METADATA_KEY, LaunchOutcome, LaunchSpec
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+# Workers and the scheduler have neither this package nor dagster: everything under `remote`
+# reaches them by value.
+cloudpickle.register_pickle_by_value(remote)
+
+LIVENESS_CHECK_SECONDS = 1.0
+WAIT_SLICE_SECONDS = 0.2
+RPC_TIMEOUT_SECONDS = 10.0
+# After a stop request, how much longer than the command's grace period to wait for the launcher.
+STOP_WAIT_MARGIN_SECONDS = 10.0
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _launcher() -> tuple[str, bytes, Any]:
+    """The launcher pickled once per orchestrator process: its digest, bytes and task function.
+
+    A lambda, because Dask pickles an importable function by reference, and the worker cannot
+    import it; cloudpickle always pickles a lambda by value, with the ``remote`` functions it
+    calls.
+    """
+    payload = cloudpickle.dumps(lambda spec: launch(spec))
+    digest = hashlib.sha256(payload).hexdigest()
+    return digest, payload, launcher_entry(digest)
+
+
+class LaunchTask:
+    """One launcher task on the cluster, from submission to clean-up.
+
+    Args:
+        dask_client: The connection to submit with.
+        state: What that connection knows about its scheduler.
+        key: The task key.
+        topic: The session topic.
+        events: The session's claim and stop event names.
+        forward_termination: Stop the command when the step is interrupted.
+        termination_timeout_seconds: The command's SIGINT → SIGKILL grace period.
+        worker_wait_timeout_seconds: How long the task may wait for a worker that can run it.
+        restrictions: ``resources``/``workers`` of the task.
+        allow_other_workers: ``workers`` is a preference, not a restriction.
+        priority: The task's Dask priority.
+    """
+
+    def __init__(
+        self,
+        dask_client: Client,
+        state: ConnectionState,
+        *,
+        key: str,
+        topic: str,
+        events: list[str],
+        forward_termination: bool,
+        termination_timeout_seconds: float,
+        worker_wait_timeout_seconds: float,
+        restrictions: Mapping[str, Any],
+        allow_other_workers: bool = False,
+        priority: int = 0,
+    ) -> None:
+        self.client = dask_client
+        self.state = state
+        self.key = key
+        self.topic = topic
+        self.events = events
+        self._forward_termination = forward_termination
+        self._grace = termination_timeout_seconds
+        self._worker_wait = worker_wait_timeout_seconds
+        self._restrictions = dict(restrictions)
+        self._allow_other_workers = allow_other_workers
+        self._priority = priority
+        self._ended = threading.Event()
+        self._reader: PipesDaskMessageReader
+
+    def notify_end(self) -> None:
+        """Called by the reader once the launcher's last batch was handled."""
+        self._ended.set()
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def run(self, spec: LaunchSpec, reader: PipesDaskMessageReader, log: Any) -> LaunchOutcome:
+        """Submit the launcher and wait for its outcome (publishing it again if it was lost).
+
+        Args:
+            spec: What the launcher runs.
+            reader: The session's reader, constructed with ``on_end=self.notify_end``.
+            log: Where to say that an interrupted step stops the command (``context.log``).
+        """
+        self._reader = reader
+        outcome = self._submit_and_wait(spec, log, republish=False)
+        if outcome["status"] == "launcher_missing":
+            outcome = self._submit_again_with_launcher_republished(spec, log)
+        return outcome
+
+    def _submit_again_with_launcher_republished(self, spec: LaunchSpec, log: Any) -> LaunchOutcome:
+        """The scheduler lost the published launcher (it was restarted); nothing was started."""
+        self.key += "-again"
+        return self._submit_and_wait(spec, log, republish=True)
+
+    def _submit_and_wait(self, spec: LaunchSpec, log: Any, *, republish: bool) -> LaunchOutcome:
+        self._ended.clear()
+        future = self.client.submit(
+            self._entry(republish),
+            spec,
+            key=self.key,
+            pure=False,
+            **self._restrictions,
+            allow_other_workers=self._allow_other_workers,
+            priority=self._priority,
+            retries=0,
+        )
+        try:
+            return self._await(future, log)
+        finally:
+            future.release()
+
+    def _entry(self, republish: bool) -> Any:
+        """The task function, once the launcher is published on this connection's scheduler."""
+        digest, payload, entry = _launcher()
+        if republish or digest not in self.state.published_launchers:
+            self.client.set_metadata([*LAUNCHER_METADATA_KEY, digest], payload)
+            self.state.published_launchers.add(digest)
+        return entry
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def _await(self, future: Future, log: Any) -> LaunchOutcome:
+        """Wait until the launcher's last batch was handled or the task ended otherwise."""
+        future.add_done_callback(lambda _f: self._ended.set())
+        try:
+            self._watch(future)
+        except DagsterExecutionInterruptedError:
+            if self._forward_termination and not self._ended.is_set():
+                log.info(
+                    "[pipes] execution interrupted: stopping the process on the Dask worker "
+                    f"(SIGINT, then SIGKILL after {self._grace:g}s)."
+                )
+                self.stop_interrupted()
+                self._ended.wait(timeout=self._grace + STOP_WAIT_MARGIN_SECONDS)
+            if not self._ended.is_set():
+                future.cancel()
+            raise
+        return self._result(future)
+
+    def _watch(self, future: Future) -> None:
+        """Wait for the task, failing fast if its worker is lost or no worker can ever run it."""
+        next_check = time.monotonic() + LIVENESS_CHECK_SECONDS
+        unsatisfiable_since: float | None = None
+        while not self._ended.wait(timeout=WAIT_SLICE_SECONDS):
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            next_check = now + LIVENESS_CHECK_SECONDS
+            if self.client.status != "running":
+                continue  # reconnecting: the client cancels the future if the scheduler is gone
+            workers_info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            worker = self._reader.worker_address
+            if worker is not None:
+                if worker not in workers_info and not self._ended.is_set():
+                    future.cancel()
+                    raise worker_lost_error(worker)
+                continue
+            if not self._unrunnable(future, workers_info):
+                unsatisfiable_since = None
+                continue
+            unsatisfiable_since = unsatisfiable_since or now
+            if now - unsatisfiable_since >= self._worker_wait:
+                future.cancel()
+                raise no_worker_error(
+                    workers_info, str(future.key), self._checked_restrictions, self._worker_wait
+                )
+
+    @property
+    def _checked_restrictions(self) -> Mapping[str, Any]:
+        return {} if self._allow_other_workers else self._restrictions
+
+    def _unrunnable(self, future: Future, workers_info: Mapping[str, Any]) -> bool:
+        """Whether no connected worker can run the task; the scheduler's own verdict first."""
+        if not workers_info:
+            return True  # with no worker at all the scheduler queues the task, silently
+        state = dask_compat.run_on_scheduler(
+            self.client, self.state, TASK_STATE, str(future.key), fallback=lambda: None
+        )
+        if state is not None:
+            return state == "no-worker"
+        return not _runnable_somewhere(workers_info, self._checked_restrictions)
+
+    def _result(self, future: Future) -> LaunchOutcome:
+        """The outcome: from the launcher's last batch if the reader has it, else the task's."""
+        if self._reader.outcome is not None:
+            return self._reader.outcome
+        if future.status in ("error", "cancelled"):
+            exception = (
+                cast(BaseException, future.exception()) if future.status == "error" else None
+            )
+            raise error_for_ended_task(
+                str(future.key),
+                exception,
+                cancelled=future.status == "cancelled",
+                connected=self.client.status == "running",
+                worker=self._reader.worker_address,
+            ) from exception
+        return cast(LaunchOutcome, future.result())
+
+    # -- clean-up -----------------------------------------------------------------------------
+
+    def stop_interrupted(self) -> None:
+        """Ask the launcher to stop the command (the session's stop event)."""
+        dask_compat.scheduler_rpc(
+            self.client, "event_set", RPC_TIMEOUT_SECONDS, name=self.events[-1]
+        )
+
+    def forget(self, *, stop: bool) -> None:
+        """Leave nothing of the session on a (possibly long-lived, shared) scheduler.
+
+        Args:
+            stop: Also set the stop event, so a launcher still running stops its command.
+        """
+        if self.client.status != "running":
+            return  # the scheduler is gone, and with it everything the session left there
+        # One call does it all. Dropping the topic on the scheduler also drops this client's
+        # subscription: an `unsubscribe-topic` message sent now could arrive after the removal
+        # (it travels on another channel) and re-create the topic.
+        if (
+            dask_compat.run_on_scheduler(
+                self.client,
+                self.state,
+                FORGET_SESSION,
+                self.topic,
+                self.events,
+                stop,
+                fallback=lambda: None,
+            )
+            is not None
+        ):
+            dask_compat.set_topic_handler(self.client, self.topic, None)
+            return
+        try:
+            # Without run_on_scheduler an empty topic stays, with its last events.
+            if stop:
+                self.stop_interrupted()
+            for name in self.events:
+                dask_compat.scheduler_rpc(
+                    self.client, "event_clear", RPC_TIMEOUT_SECONDS, name=name
+                )
+            self.client.unsubscribe_topic(self.topic)
+        except Exception:
+            logger.debug("could not clean session %s from the scheduler", self.topic, exc_info=True)
+
+
+def dashboard_link(
+    dask_client: Client, state: ConnectionState, embedded_dashboard: bool
+) -> str | None:
+    """The scheduler's dashboard link, looked up once per connection (``None``: not served)."""
+    if embedded_dashboard not in state.dashboard_links:
+        link: str | None
+        try:
+            link = _lookup_dashboard_link(dask_client, state, embedded_dashboard)
+        except Exception:
+            link = None
+        state.dashboard_links[embedded_dashboard] = link
+    return state.dashboard_links[embedded_dashboard]
+
+
+def _lookup_dashboard_link(
+    dask_client: Client, state: ConnectionState, embedded_dashboard: bool
+) -> str | None:
+    info = dask_client.scheduler_info(n_workers=0)
+    port = info.get("services", {}).get("dashboard")
+    if port is None:
+        return None
+    if str(info.get("address", "")).startswith("inproc://"):
+        # The embedded cluster serves its dashboard on loopback only.
+        return f"http://127.0.0.1:{port}/status" if embedded_dashboard else None
+    # run_on_scheduler refused: trust the listed service.
+    served = dask_compat.run_on_scheduler(
+        dask_client, state, DASHBOARD_SERVED, fallback=lambda: True
+    )
+    return dask_client.dashboard_link if served else None
+
+
+def _runnable_somewhere(workers_info: Mapping[str, Any], restrictions: Mapping[str, Any]) -> bool:
+    from distributed.comm.addressing import resolve_address
+
+    resources = restrictions.get("resources") or {}
+    allowed: set[str] = set()
+    for entry in restrictions.get("workers") or ():
+        allowed.add(str(entry))
+        with contextlib.suppress(ValueError, TypeError):
+            allowed.add(resolve_address(str(entry)))  # "127.0.0.1:8788" → "tcp://127.0.0.1:8788"
+    for address, info in workers_info.items():
+        if allowed and not {address, str(info.get("name")), info.get("host")} & allowed:
+            continue
+        have = info.get("resources") or {}
+        if all(have.get(name, 0) >= amount for name, amount in resources.items()):
+            return True
+    return False
