@@ -8,6 +8,8 @@ from dagster_pipes_ext.context_injector import PipesDaskContextInjector
 from dagster_pipes_ext.errors import (
     PipesDaskError,
     PipesDaskLaunchError,
+    PipesDaskMessagesLostError,
+    PipesDaskMessageTooLargeError,
     PipesDaskNoWorkerError,
     PipesDaskProcessError,
     PipesDaskSchedulerUnreachableError,
@@ -24,6 +26,8 @@ __all__ = [
     "PipesDaskError",
     "PipesDaskLaunchError",
     "PipesDaskMessageReader",
+    "PipesDaskMessageTooLargeError",
+    "PipesDaskMessagesLostError",
     "PipesDaskNoWorkerError",
     "PipesDaskProcessError",
     "PipesDaskSchedulerUnreachableError",

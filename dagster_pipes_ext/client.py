@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 _MISSING_VALUE = object()
+HEARTBEAT_INTERVAL_SECONDS = 1.0
 
 
 class PipesDaskClient(ConfigurableResource, PipesClient):
@@ -100,7 +101,19 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     )
     message_drain_timeout_seconds: float = Field(
         default=60.0,
-        description="How long to wait, after the command ends, for messages still in flight.",
+        description=(
+            "After the command ended, how long to wait with nothing arriving from the worker "
+            "(data still in flight) before the step fails; what already arrived is always "
+            "handled, however long Dagster takes."
+        ),
+    )
+    heartbeat_timeout_seconds: float = Field(
+        default=60.0,
+        description=(
+            "How long the launcher may send nothing, not even its heartbeat (every second), "
+            "before the worker counts as lost and the step fails; the worker's supervisor then "
+            "stops the command on its own."
+        ),
     )
     embedded_threads_per_worker: int = Field(
         default=4, description="Threads (concurrent commands) of the embedded cluster's worker."
@@ -116,7 +129,18 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         default=0.005, description="How often the launcher checks the message file when idle."
     )
     max_batch_bytes: int = Field(
-        default=128 * 1024, description="Largest batch of messages/stdio in one scheduler event."
+        default=128 * 1024,
+        description=(
+            "Largest batch of messages/stdio in one scheduler call; 8 batches at most are in "
+            "flight (a longer message travels in pieces)."
+        ),
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description=(
+            "Longest Pipes message line forwarded. A longer one is not forwarded, every other "
+            "message still is, and the step fails naming the message's method and size."
+        ),
     )
 
     @classmethod
@@ -199,7 +223,8 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         injector = PipesDaskContextInjector(overrides=_partition_overrides(op_context))
         reader = PipesDaskMessageReader(
             dask_client=task.client,
-            topic=task.topic,
+            topic=task.names.topic,
+            queue=task.names.queue,
             forward_stdio=self.forward_stdio,
             log=op_context.log,
             drain_timeout_seconds=self.message_drain_timeout_seconds,
@@ -212,8 +237,11 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             ) as session:
                 spec = self._build_spec(task, argv, env, cwd, injector)
                 outcome = task.run(spec, reader, op_context.log)
-                reader.expect_final_batch(outcome["last_seq"])
+                if outcome["status"] != "redelivered":
+                    reader.wait_for_end()
                 error = error_for_outcome(outcome, started_on=reader.worker_address)
+                if error is None and outcome["status"] != "launch_failed":
+                    error = reader.delivery_error()
                 if error is not None:
                     raise error
         finally:
@@ -234,16 +262,15 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     ) -> LaunchTask:
         dask_client = self.get_dask_client()
         session_id = uuid.uuid4().hex
-        names = session_names(context.run_id, session_id)
         return LaunchTask(
             dask_client,
             connection_state(dask_client),
             key=f"dagster-pipes-{_node_name(context)}-{context.run_id[:8]}-{session_id[:12]}",
-            topic=names.topic,
-            events=names.events,
+            names=session_names(context.run_id, session_id),
             forward_termination=self.forward_termination,
             termination_timeout_seconds=self.termination_timeout_seconds,
             worker_wait_timeout_seconds=self.worker_wait_timeout_seconds,
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
             restrictions={
                 "resources": dict(resources) if resources else None,
                 "workers": [workers] if isinstance(workers, str) else workers,
@@ -261,9 +288,10 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         injector: PipesDaskContextInjector,
     ) -> LaunchSpec:
         return {
-            "topic": task.topic,
-            "claim_event": task.events[0],
-            "stop_event": task.events[1],
+            "topic": task.names.topic,
+            "queue": task.names.queue,
+            "claim_event": task.names.claim_event,
+            "stop_event": task.names.stop_event,
             "command": argv,
             "env": {**(self.env or {}), **(env or {})},
             "cwd": cwd or self.cwd,
@@ -272,7 +300,10 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             "stop_when_abandoned": self.forward_termination,
             "termination_timeout_seconds": self.termination_timeout_seconds,
             "max_batch_bytes": self.max_batch_bytes,
+            "max_message_bytes": self.max_message_bytes,
             "poll_interval_seconds": self.poll_interval_seconds,
+            "heartbeat_interval_seconds": HEARTBEAT_INTERVAL_SECONDS,
+            "heartbeat_timeout_seconds": self.heartbeat_timeout_seconds,
         }
 
     def _metadata(

@@ -33,6 +33,29 @@ class PipesDaskLaunchError(PipesDaskError):
     """The command could not be started on the worker (not found, bad working directory...)."""
 
 
+class PipesDaskMessagesLostError(PipesDaskError):
+    """Messages the external process reported did not all reach Dagster: the step fails."""
+
+
+class PipesDaskMessageTooLargeError(PipesDaskError):
+    """A Pipes message was larger than ``max_message_bytes`` and was not forwarded.
+
+    Attributes:
+        oversized: ``{"method", "bytes"}`` of each such message.
+    """
+
+    def __init__(self, oversized: list[dict[str, Any]]) -> None:
+        described = ", ".join(f"{m.get('method')!r} ({m.get('bytes'):,} bytes)" for m in oversized)
+        super().__init__(
+            f"{len(oversized)} Pipes message(s) from the external process were larger than "
+            f"max_message_bytes and were not forwarded: {described}. Every other message was "
+            "delivered. Raise PipesDaskClient(max_message_bytes=...) above that size, or report "
+            "less data in one message (large values belong in storage, with a path in the "
+            "metadata)."
+        )
+        self.oversized = oversized
+
+
 class PipesDaskProcessError(PipesDaskError):
     """The external process exited with a non-zero code or was killed by a signal.
 
@@ -105,6 +128,18 @@ def worker_lost_error(
         f"The Dask worker running the external process{where} was lost.{again} The command is "
         "not re-run automatically because it may have side effects; add a Dagster RetryPolicy "
         "to the asset or op to run it again."
+    )
+
+
+def worker_unresponsive_error(
+    worker: str, silent_seconds: float, timeout: float
+) -> PipesDaskWorkerLostError:
+    """The launcher sent nothing, not even a heartbeat, for longer than the timeout."""
+    return PipesDaskWorkerLostError(
+        f"The Dask worker running the external process ({worker}) stopped responding: no "
+        f"heartbeat from its launcher for {silent_seconds:.0f}s (heartbeat_timeout_seconds="
+        f"{timeout:g}). The worker may be hung, stopped or overloaded; its supervisor stops the "
+        "command on its own. Add a Dagster RetryPolicy to run it again."
     )
 
 

@@ -1,30 +1,39 @@
-"""``PipesDaskMessageReader``: Pipes messages and stdio arrive as Dask scheduler events."""
+"""``PipesDaskMessageReader``: Pipes messages and stdio arrive through a Dask scheduler queue."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from dagster import PipesMessageReader
 from dagster_pipes import PipesParams
 
 from dagster_pipes_ext.cluster import connection_state
+from dagster_pipes_ext.errors import (
+    PipesDaskError,
+    PipesDaskMessagesLostError,
+    PipesDaskMessageTooLargeError,
+)
 from dagster_pipes_ext.remote import dask_compat
-from dagster_pipes_ext.remote.scheduler_ops import SUBSCRIBE_TOPIC
+from dagster_pipes_ext.remote.scheduler_ops import OPEN_SESSION
 from dagster_pipes_ext.remote.wire import (
+    HEARTBEAT_KEY,
     REC_END,
+    REC_FRAGMENT,
+    REC_LAST_FRAGMENT,
     REC_MESSAGES,
     REC_NOTE,
+    REC_OVERSIZED,
     REC_START,
     REC_STDERR,
     REC_STDOUT,
+    WINDOW_BATCHES,
     EventBatch,
     LaunchOutcome,
 )
@@ -33,41 +42,45 @@ if TYPE_CHECKING:
     from dagster._core.pipes.context import PipesMessageHandler
     from distributed import Client
 
-READER_PARAM = "dask_topic"
-_STOP = object()
-SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+READER_PARAM = "dask_queue"
+OPEN_TIMEOUT_SECONDS = 10.0
+QUEUE_POLL_SECONDS = 0.5  # one wait on the scheduler for the next batch
+# Closing: what is already in the queue is handled; the queue counts as empty after this wait.
+CLOSING_POLL_SECONDS = 0.25
+RETRY_SECONDS = 0.1  # after a failed queue call, before the next
+CONSUMER_JOIN_SECONDS = 30.0
 MAX_MALFORMED_WARNINGS = 10
-GAP_FILL_AFTER_SECONDS = 1.0
-QUEUE_POLL_SECONDS = 0.5
-# Closing without the launcher's last batch: how long the topic must stay quiet, and at most.
-QUIET_SECONDS = 0.25
-QUIET_DRAIN_SECONDS = 3.0
-CONSUMER_JOIN_SECONDS = 10.0
 
 
 class PipesDaskMessageReader(PipesMessageReader):
-    """Reads a session's messages, stdout and stderr from a Dask scheduler topic.
+    """Reads a session's messages, stdout and stderr from its data queue on the Dask scheduler.
 
-    The launcher on the worker tails the external process's message file and stdio and publishes
-    them as batched, sequence-numbered events on a topic unique to the session. This reader
-    subscribes to the topic with one scheduler call that also returns the events published
-    before it, so the task is submitted without waiting for the subscription. A consumer thread
-    hands every message to Dagster's Pipes handler exactly once and in order, and writes
-    stdout/stderr to the step's ``sys.stdout`` / ``sys.stderr`` (Dagster's compute logs).
-    Malformed lines are reported and skipped; they never end the stream.
+    The launcher on the worker tails the external process's message file and stdio and puts
+    them as sequence-numbered batches into a bounded queue on the scheduler, created (with the
+    subscription to the session topic, which carries the launcher's heartbeat) by one scheduler
+    call that the task's submission does not wait for. A consumer thread takes one batch at a
+    time, hands every message to Dagster's Pipes handler exactly once and in order, and writes
+    stdout/stderr to the step's ``sys.stdout`` / ``sys.stderr`` (Dagster's compute logs). A
+    batch it has taken is always handled: the queue's bound, not the reader, limits what is in
+    flight, so a slow handler slows the launcher instead of growing memory. Malformed lines are
+    reported and skipped; they never end the stream.
 
     Args:
         dask_client: The connected Dask client the task is submitted with.
-        topic: The session's scheduler topic.
+        topic: The session's scheduler topic (heartbeats).
+        queue: The session's data queue on the scheduler.
         forward_stdio: Write the external process's stdout/stderr to the step's compute logs.
         log: Where launcher notices and reader warnings go (the step's ``context.log``).
-        drain_timeout_seconds: How long closing the session waits for messages still in flight.
+        drain_timeout_seconds: How long :meth:`wait_for_end` waits with nothing arriving.
         on_end: Called (from the consumer thread) once the launcher's last batch was handled.
 
     Attributes:
         worker_address: The address of the worker the launcher started on, once it did.
+        last_sign_of_life: ``time.monotonic()`` of the launcher's last heartbeat or batch.
         message_count: Pipes messages handed to Dagster so far.
-        lost_batches: Batches given up on as never arriving (normally 0).
+        lines_received: Message lines received (handled, malformed or oversized).
+        missing_batches: Batches that never arrived (normally 0).
+        oversized: ``{"method", "bytes"}`` of each message over ``max_message_bytes``.
         outcome: The launcher's outcome, once its last batch was handled (after every message).
     """
 
@@ -76,6 +89,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         *,
         dask_client: Client,
         topic: str,
+        queue: str,
         forward_stdio: bool = True,
         log: Any = None,
         drain_timeout_seconds: float = 60.0,
@@ -83,210 +97,229 @@ class PipesDaskMessageReader(PipesMessageReader):
     ) -> None:
         self._client = dask_client
         self.topic = topic
+        self.queue = queue
         self._forward_stdio = forward_stdio
         self._log = log
         self._drain_timeout = drain_timeout_seconds
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._cond = threading.Condition()
-        self._next_seq = 0
-        self._pending: dict[int, EventBatch] = {}
-        self._last_progress = time.monotonic()
-        self._final_seq: int | None = None
-        self._handler: PipesMessageHandler | None = None
-        self._malformed = 0
-        self._subscription: concurrent.futures.Future[Any] | None = None
         self._on_end = on_end
+        self._handler: PipesMessageHandler | None = None
+        self._opening: concurrent.futures.Future[Any] | None = None
+        self._next_seq = 0
+        self._fragments: list[bytes] = []
+        self._malformed = 0
+        self._empty_since: float | None = None  # the queue has been empty since, for the consumer
+        self._closing = threading.Event()
+        self._ended = threading.Event()  # the consumer is done
+        self._refuse = False  # the step has ended: nothing more reaches Dagster
         self.worker_address: str | None = None
+        self.last_sign_of_life: float | None = None
         self.message_count = 0
-        self.lost_batches = 0
+        self.lines_received = 0
+        self.missing_batches = 0
+        self.oversized: list[dict[str, Any]] = []
         self.outcome: LaunchOutcome | None = None
 
     # -- the session's side ---------------------------------------------------------------
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
-        """Subscribe to the session topic and handle events until the session closes.
+        """Open the session's queue and topic and handle batches until the session closes.
+
+        Closing handles what already reached the scheduler's queue, then stops: nothing is
+        handed to Dagster after this returns.
 
         Args:
             handler: Dagster's Pipes message handler for this session.
 
         Yields:
-            Params naming the topic; the external process receives stock file params instead.
+            Params naming the queue; the external process receives stock file params instead.
         """
         self._handler = handler
-        self._subscribe()
+        self._open()
         consumer = threading.Thread(target=self._consume, daemon=True, name="pipes-dask-reader")
         consumer.start()
         try:
-            yield {READER_PARAM: self.topic}
+            yield {READER_PARAM: self.queue}
         finally:
-            drained = False
-            try:
-                drained = self._drain()
-            finally:
-                self._queue.put(_STOP)
-                if not drained:
-                    # Still handling what arrived: let it finish before the session closes.
-                    # (Drained, the consumer has nothing left to hand to Dagster.)
-                    consumer.join(timeout=CONSUMER_JOIN_SECONDS)
-                if self._malformed > MAX_MALFORMED_WARNINGS:
-                    self._warn(
-                        f"[pipes] {self._malformed} malformed message lines were skipped in all."
-                    )
+            self._closing.set()
+            consumer.join(timeout=CONSUMER_JOIN_SECONDS)
+            if consumer.is_alive():
+                self._refuse = True
+                self._warn("[pipes] Dagster's handler did not finish in time; closing without it.")
+            if self._malformed > MAX_MALFORMED_WARNINGS:
+                self._warn(
+                    f"[pipes] {self._malformed} malformed message lines were skipped in all."
+                )
 
     @property
     def expected_writer_count(self) -> int:
         """One writer per session: the launcher on the worker."""
         return 1
 
-    # The subscription outlives the session: PipesDaskClient drops it together with the topic.
+    def wait_for_end(self) -> None:
+        """Wait until the launcher's last batch was handled, however long handling takes.
 
-    def _subscribe(self) -> None:
-        """Start subscribing; the consumer thread collects the result before handling events."""
-        if not connection_state(self._client).run_function_refused and (
-            dask_compat.set_topic_handler(self._client, self.topic, self._on_event)
-        ):
-            self._subscription = dask_compat.start_run_on_scheduler(
-                self._client, SUBSCRIBE_TOPIC, self.topic, self._client.id
+        Gives up only when the scheduler's queue stayed empty for ``drain_timeout_seconds``
+        (the data in flight never came); :meth:`delivery_error` then says what is missing.
+        Time Dagster spends handling what arrived does not count.
+        """
+        while not self._ended.wait(QUEUE_POLL_SECONDS):
+            empty_since = self._empty_since
+            if empty_since is not None and time.monotonic() - empty_since > self._drain_timeout:
+                self._warn(
+                    f"[pipes] nothing arrived from the launcher for {self._drain_timeout:g}s "
+                    "(message_drain_timeout_seconds) after its task ended."
+                )
+                return
+
+    def delivery_error(self) -> PipesDaskError | None:
+        """The error to fail the step with if any message did not reach Dagster, else ``None``."""
+        if self.outcome is None:
+            return PipesDaskMessagesLostError(
+                f"The launcher's final batch never arrived ({self.lines_received} message lines "
+                f"and {self._next_seq} batches did); messages after those may be missing."
             )
-            return
-        # The scheduler refuses run_function: the batched way, which travels ahead of the task.
-        self._client.subscribe_topic(self.topic, self._on_event)
-
-    def _finish_subscribing(self) -> None:
-        """Take the events published before the subscription reached the scheduler."""
-        if self._subscription is None:
-            return
-        try:
-            earlier = self._subscription.result(timeout=SUBSCRIBE_TIMEOUT_SECONDS)
-        except Exception:
-            # run_function refused (or the call failed): subscribe the batched way, then re-read
-            # the topic for what was published meanwhile (the gap filler catches any rest).
-            connection_state(self._client).run_function_refused = True
-            self._client.subscribe_topic(self.topic, self._on_event)
-            try:
-                retained = self._client.get_events(self.topic)
-                earlier = [event for _, event in cast("tuple[tuple[float, Any], ...]", retained)]
-            except Exception:
-                earlier = []
-        finally:
-            self._subscription = None
-        for batch in earlier:
-            if isinstance(batch, dict) and "s" in batch:
-                self._accept(batch)  # type: ignore[arg-type]
-
-    def expect_final_batch(self, last_seq: int) -> None:
-        """Tell the reader the launcher's last sequence number (the task's result came first)."""
-        if last_seq >= 0:
-            self._set_final_seq(last_seq)
-
-    def _set_final_seq(self, seq: int) -> None:
-        # The one writer: from the launcher's last batch, or from the task's result.
-        self._final_seq = seq
+        missing_lines = self.outcome["lines"] - self.lines_received
+        if self.missing_batches or missing_lines:
+            return PipesDaskMessagesLostError(
+                f"{missing_lines} of {self.outcome['lines']} message lines from the external "
+                f"process never reached Dagster ({self.missing_batches} batch(es) missing)."
+            )
+        if self.oversized:
+            return PipesDaskMessageTooLargeError(self.oversized)
+        return None
 
     def no_messages_debug_text(self) -> str:
         """Tell the user what the external process should have done."""
         return (
-            f"Messages were expected on Dask scheduler topic {self.topic!r}, published by the "
+            f"Messages were expected in Dask scheduler queue {self.queue!r}, filled by the "
             "launcher that tails the file named in DAGSTER_PIPES_MESSAGES on the worker. The "
             "external process should call `open_dagster_pipes()` (default message writer) and "
             "report inside its `with` block; check the step's stderr for a failure before that."
         )
 
-    # -- the Dask event loop's side: enqueue only -----------------------------------------
+    # -- opening ----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Start creating the queue and subscribing to the topic; the consumer waits for it."""
+        if not connection_state(self._client).run_function_refused and (
+            dask_compat.set_topic_handler(self._client, self.topic, self._on_event)
+        ):
+            self._opening = dask_compat.start_run_on_scheduler(
+                self._client, OPEN_SESSION, self.topic, self.queue, WINDOW_BATCHES, self._client.id
+            )
+            return
+        self._open_with_plain_calls()
+
+    def _open_with_plain_calls(self) -> None:
+        # Where run_function is refused: the batched subscription and a queue_create RPC.
+        self._client.subscribe_topic(self.topic, self._on_event)
+        dask_compat.create_queue(self._client, self.queue, WINDOW_BATCHES)
+
+    def _finish_opening(self) -> None:
+        if self._opening is None:
+            return
+        try:
+            self._opening.result(timeout=OPEN_TIMEOUT_SECONDS)
+        except Exception:
+            connection_state(self._client).run_function_refused = True
+            self._open_with_plain_calls()
+        finally:
+            self._opening = None
+
+    # -- the Dask event loop's side -------------------------------------------------------
 
     def _on_event(self, event: tuple[float, Any]) -> None:
-        self._queue.put(event[1])
+        msg = event[1]
+        if isinstance(msg, dict) and HEARTBEAT_KEY in msg:
+            self.last_sign_of_life = time.monotonic()
 
     # -- the consumer thread --------------------------------------------------------------
 
     def _consume(self) -> None:
-        self._finish_subscribing()
-        while True:
-            try:
-                item = self._queue.get(timeout=QUEUE_POLL_SECONDS)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                return
-            if item is not None:
-                self._accept(item)
-            if self._missing() and time.monotonic() - self._last_progress > GAP_FILL_AFTER_SECONDS:
-                self._fill_gaps()
+        try:
+            self._finish_opening()
+            while self.outcome is None:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._accept(batch)
+        except Exception as exc:
+            self._warn(f"[pipes] stopped reading queue {self.queue!r}: {exc}")
+        finally:
+            self._ended.set()
 
-    def _missing(self) -> bool:
-        """Whether a batch is overdue: a hole before a received one, or before the final one."""
-        return bool(self._pending) or (
-            self._final_seq is not None and self._next_seq <= self._final_seq
-        )
+    def _next_batch(self) -> EventBatch | None:
+        """The next batch, waiting for it; ``None`` once closing and the queue is empty."""
+        while True:
+            closing = self._closing.is_set()
+            try:
+                batch = dask_compat.queue_get(
+                    self._client,
+                    self.queue,
+                    timeout=CLOSING_POLL_SECONDS if closing else QUEUE_POLL_SECONDS,
+                )
+                self._empty_since = None
+                return batch
+            except TimeoutError:
+                if self._empty_since is None:
+                    self._empty_since = time.monotonic()
+                if closing:
+                    return None
+            except Exception:
+                if closing or self._client.status != "running":
+                    return None
+                time.sleep(RETRY_SECONDS)  # a passing connection problem
 
     def _accept(self, batch: EventBatch) -> None:
-        try:
-            seq = int(batch["s"])
-        except (TypeError, KeyError, ValueError):
-            self._warn(
-                f"[pipes] ignored an unexpected event on topic {self.topic!r}: {batch!r:.200}"
-            )
-            return
-        if seq < self._next_seq or seq in self._pending:
-            return  # a duplicate (e.g. re-read while filling a gap)
-        self._pending[seq] = batch
-        while self._next_seq in self._pending:
-            self._process(self._pending.pop(self._next_seq))
-            with self._cond:
-                self._next_seq += 1
-                self._cond.notify_all()
-            self._last_progress = time.monotonic()
-
-    def _fill_gaps(self) -> None:
-        """Recover missing batches from the scheduler's retained events for the topic."""
-        self._last_progress = time.monotonic()
-        try:
-            events = cast("tuple[tuple[float, Any], ...]", self._client.get_events(self.topic))
-        except Exception as exc:
-            self._warn(f"[pipes] could not re-read topic {self.topic!r}: {exc}")
-            events = ()
-        for _, batch in events:
-            if isinstance(batch, dict) and "s" in batch and batch["s"] >= self._next_seq:
-                self._accept(batch)  # type: ignore[arg-type]
-        if self._final_seq is None or not self._missing():
-            return  # the launcher is still running: later events may yet close the hole
-        first = min(self._pending) if self._pending else self._final_seq + 1
-        lost = first - self._next_seq
-        self.lost_batches += lost
-        self._warn(
-            f"[pipes] {lost} message batch(es) from the external process never arrived "
-            f"(sequence {self._next_seq}..{first - 1}); continuing with the rest."
-        )
-        with self._cond:
-            self._next_seq = first
-            self._cond.notify_all()
-        if self._pending:
-            self._accept(self._pending.pop(first))
-
-    def _process(self, batch: EventBatch) -> None:
+        seq = int(batch["s"])
+        if seq < self._next_seq:
+            return  # a duplicate: the launcher put it again after a lost answer
+        if seq > self._next_seq:
+            self.missing_batches += seq - self._next_seq
+            self._warn(f"[pipes] batches {self._next_seq}..{seq - 1} never arrived.")
+        self._next_seq = seq + 1
+        self.last_sign_of_life = time.monotonic()
         for kind, data in batch["r"]:
-            if kind == REC_MESSAGES:
-                for line in data.split("\n"):
-                    if line and not line.isspace():
-                        self._handle_line(line)
-            elif kind == REC_STDOUT:
-                if self._forward_stdio:
-                    sys.stdout.write(data)
-                    sys.stdout.flush()
-            elif kind == REC_STDERR:
-                if self._forward_stdio:
-                    sys.stderr.write(data)
-                    sys.stderr.flush()
-            elif kind == REC_START:
-                self.worker_address = data.get("worker")
-            elif kind == REC_NOTE:
-                self._info(str(data))
-            elif kind == REC_END:
-                self._set_final_seq(int(data["last_seq"]))
-                self.outcome = data
-                if self._on_end is not None:
-                    self._on_end()
+            self._process(kind, data)
+
+    def _process(self, kind: str, data: Any) -> None:
+        if kind == REC_MESSAGES:
+            self.lines_received += data.count("\n")
+            for line in data.split("\n"):
+                if line and not line.isspace():
+                    self._handle_line(line)
+        elif kind == REC_FRAGMENT:
+            self._fragments.append(data)
+        elif kind == REC_LAST_FRAGMENT:
+            self._fragments.append(data)
+            joined = b"".join(self._fragments)
+            self._fragments = []
+            line = joined.decode("utf-8", errors="replace")
+            del joined  # a long message costs about twice its size here, not more
+            self.lines_received += 1
+            self._handle_line(line)
+        elif kind == REC_OVERSIZED:
+            self._fragments = []
+            self.lines_received += 1
+            self.oversized.append(data)
+            self._warn(
+                f"[pipes] a {data.get('method')!r} message of {data.get('bytes')} bytes is over "
+                "max_message_bytes and was not forwarded; the step will fail."
+            )
+        elif kind in (REC_STDOUT, REC_STDERR):
+            if self._forward_stdio:
+                stream = sys.stdout if kind == REC_STDOUT else sys.stderr
+                stream.write(data)
+                stream.flush()
+        elif kind == REC_START:
+            self.worker_address = data.get("worker")
+        elif kind == REC_NOTE:
+            self._info(str(data))
+        elif kind == REC_END:
+            self.outcome = data
+            if self._on_end is not None:
+                self._on_end()
 
     def _handle_line(self, line: str) -> None:
         assert self._handler is not None
@@ -302,6 +335,8 @@ class PipesDaskMessageReader(PipesMessageReader):
                     f"({exc}): {line[:200]!r}"
                 )
             return
+        if self._refuse:
+            return
         self.message_count += 1
         try:
             self._handler.handle_message(message)  # type: ignore[arg-type]
@@ -312,36 +347,6 @@ class PipesDaskMessageReader(PipesMessageReader):
                 )
             except Exception:
                 self._warn(f"[pipes] could not handle a {message.get('method')!r} message: {exc}")
-
-    # -- closing --------------------------------------------------------------------------
-
-    def _drain(self) -> bool:
-        """Wait for the messages still in flight; return whether every batch was handled."""
-        if self._final_seq is None:
-            # The launcher never reported its final batch (it failed or its worker was lost):
-            # handle what has already arrived, until the topic is quiet.
-            deadline = time.monotonic() + QUIET_DRAIN_SECONDS
-            seen = -2
-            while time.monotonic() < deadline:
-                with self._cond:
-                    self._cond.wait(timeout=QUIET_SECONDS)
-                    now = self._next_seq
-                if now == seen and self._queue.empty():
-                    break
-                seen = now
-            return False
-        deadline = time.monotonic() + self._drain_timeout
-        with self._cond:
-            while self._next_seq <= self._final_seq and time.monotonic() < deadline:
-                remaining = max(0.0, deadline - time.monotonic())
-                self._cond.wait(timeout=min(QUEUE_POLL_SECONDS, remaining))
-            if self._next_seq > self._final_seq:
-                return True
-        self._warn(
-            f"[pipes] {self._final_seq + 1 - self._next_seq} message batch(es) did not arrive "
-            f"within {self._drain_timeout:g}s of the task's end; closing without them."
-        )
-        return False
 
     def _warn(self, text: str) -> None:
         if self._log is not None:

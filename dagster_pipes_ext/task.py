@@ -19,12 +19,27 @@ from dagster import DagsterExecutionInterruptedError
 
 from dagster_pipes_ext import remote
 from dagster_pipes_ext.cluster import ConnectionState
-from dagster_pipes_ext.errors import error_for_ended_task, no_worker_error, worker_lost_error
+from dagster_pipes_ext.errors import (
+    error_for_ended_task,
+    no_worker_error,
+    worker_lost_error,
+    worker_unresponsive_error,
+)
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
 from dagster_pipes_ext.remote import dask_compat
 from dagster_pipes_ext.remote.launcher import launch, launcher_entry
-from dagster_pipes_ext.remote.scheduler_ops import DASHBOARD_SERVED, FORGET_SESSION, TASK_STATE
-from dagster_pipes_ext.remote.wire import LAUNCHER_METADATA_KEY, LaunchOutcome, LaunchSpec
+from dagster_pipes_ext.remote.scheduler_ops import (
+    DASHBOARD_SERVED,
+    FORGET_SESSION,
+    TASK_STATE,
+    WORKER_PRESENT,
+)
+from dagster_pipes_ext.remote.wire import (
+    LAUNCHER_METADATA_KEY,
+    LaunchOutcome,
+    LaunchSpec,
+    SessionNames,
+)
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -62,11 +77,11 @@ class LaunchTask:
         dask_client: The connection to submit with.
         state: What that connection knows about its scheduler.
         key: The task key.
-        topic: The session topic.
-        events: The session's claim and stop event names.
+        names: The session's topic, data queue and events.
         forward_termination: Stop the command when the step is interrupted.
         termination_timeout_seconds: The command's SIGINT → SIGKILL grace period.
         worker_wait_timeout_seconds: How long the task may wait for a worker that can run it.
+        heartbeat_timeout_seconds: How long the launcher may stay silent before it is lost.
         restrictions: ``resources``/``workers`` of the task.
         allow_other_workers: ``workers`` is a preference, not a restriction.
         priority: The task's Dask priority.
@@ -78,11 +93,11 @@ class LaunchTask:
         state: ConnectionState,
         *,
         key: str,
-        topic: str,
-        events: list[str],
+        names: SessionNames,
         forward_termination: bool,
         termination_timeout_seconds: float,
         worker_wait_timeout_seconds: float,
+        heartbeat_timeout_seconds: float,
         restrictions: Mapping[str, Any],
         allow_other_workers: bool = False,
         priority: int = 0,
@@ -90,11 +105,11 @@ class LaunchTask:
         self.client = dask_client
         self.state = state
         self.key = key
-        self.topic = topic
-        self.events = events
+        self.names = names
         self._forward_termination = forward_termination
         self._grace = termination_timeout_seconds
         self._worker_wait = worker_wait_timeout_seconds
+        self._heartbeat_timeout = heartbeat_timeout_seconds
         self._restrictions = dict(restrictions)
         self._allow_other_workers = allow_other_workers
         self._priority = priority
@@ -182,13 +197,11 @@ class LaunchTask:
             next_check = now + LIVENESS_CHECK_SECONDS
             if self.client.status != "running":
                 continue  # reconnecting: the client cancels the future if the scheduler is gone
-            workers_info = self.client.scheduler_info(n_workers=-1).get("workers", {})
             worker = self._reader.worker_address
             if worker is not None:
-                if worker not in workers_info and not self._ended.is_set():
-                    future.cancel()
-                    raise worker_lost_error(worker)
+                self._check_launcher_alive(future, worker)
                 continue
+            workers_info = dask_compat.scheduler_workers(self.client, RPC_TIMEOUT_SECONDS)
             if not self._unrunnable(future, workers_info):
                 unsatisfiable_since = None
                 continue
@@ -198,6 +211,32 @@ class LaunchTask:
                 raise no_worker_error(
                     workers_info, str(future.key), self._checked_restrictions, self._worker_wait
                 )
+
+    def _check_launcher_alive(self, future: Future, worker: str) -> None:
+        """Fail if the scheduler removed the launcher's worker, or the launcher went silent.
+
+        Both are facts, not a snapshot: the scheduler's own list of its workers, and the time
+        since the launcher's last heartbeat or batch.
+        """
+        present = dask_compat.run_on_scheduler(
+            self.client,
+            self.state,
+            WORKER_PRESENT,
+            worker,
+            fallback=lambda: (
+                worker in dask_compat.scheduler_workers(self.client, RPC_TIMEOUT_SECONDS)
+            ),
+        )
+        if self._ended.is_set():
+            return
+        if not present:
+            future.cancel()
+            raise worker_lost_error(worker)
+        alive_at = self._reader.last_sign_of_life or time.monotonic()
+        silent = time.monotonic() - alive_at
+        if silent > self._heartbeat_timeout:
+            future.cancel()
+            raise worker_unresponsive_error(worker, silent, self._heartbeat_timeout)
 
     @property
     def _checked_restrictions(self) -> Mapping[str, Any]:
@@ -236,7 +275,7 @@ class LaunchTask:
     def stop_interrupted(self) -> None:
         """Ask the launcher to stop the command (the session's stop event)."""
         dask_compat.scheduler_rpc(
-            self.client, "event_set", RPC_TIMEOUT_SECONDS, name=self.events[-1]
+            self.client, "event_set", RPC_TIMEOUT_SECONDS, name=self.names.stop_event
         )
 
     def forget(self, *, stop: bool) -> None:
@@ -250,31 +289,36 @@ class LaunchTask:
         # One call does it all. Dropping the topic on the scheduler also drops this client's
         # subscription: an `unsubscribe-topic` message sent now could arrive after the removal
         # (it travels on another channel) and re-create the topic.
+        names = self.names
         if (
             dask_compat.run_on_scheduler(
                 self.client,
                 self.state,
                 FORGET_SESSION,
-                self.topic,
-                self.events,
+                names.topic,
+                names.queue,
+                names.events,
                 stop,
                 fallback=lambda: None,
             )
             is not None
         ):
-            dask_compat.set_topic_handler(self.client, self.topic, None)
+            dask_compat.set_topic_handler(self.client, names.topic, None)
             return
         try:
-            # Without run_on_scheduler an empty topic stays, with its last events.
+            # Without run_on_scheduler an empty topic stays, with its last heartbeats.
             if stop:
                 self.stop_interrupted()
-            for name in self.events:
+            for name in names.events:
                 dask_compat.scheduler_rpc(
                     self.client, "event_clear", RPC_TIMEOUT_SECONDS, name=name
                 )
-            self.client.unsubscribe_topic(self.topic)
+            dask_compat.release_queue(self.client, names.queue)
+            self.client.unsubscribe_topic(names.topic)
         except Exception:
-            logger.debug("could not clean session %s from the scheduler", self.topic, exc_info=True)
+            logger.debug(
+                "could not clean session %s from the scheduler", names.topic, exc_info=True
+            )
 
 
 def dashboard_link(

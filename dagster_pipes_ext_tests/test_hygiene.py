@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from dagster import AssetExecutionContext, asset, materialize
 from distributed import Client
 
@@ -15,6 +16,7 @@ def _scheduler_state(dask_scheduler=None) -> dict:
         "topics": [t for t in dask_scheduler._broker._topics if t.startswith("dagster-pipes/")],
         "events": [e for e in dask_scheduler.extensions["events"]._events if "dagster-pipes" in e],
         "tasks": [str(k) for k in dask_scheduler.tasks if "dagster-pipes" in str(k)],
+        "queues": [q for q in dask_scheduler.extensions["queues"].queues if "dagster-pipes" in q],
     }
 
 
@@ -38,7 +40,7 @@ def test_sessions_leave_no_topics_events_or_tasks(separate_cluster: DaskProcesse
         state = observer.run_on_scheduler(
             lambda dask_scheduler=None: _scheduler_state(dask_scheduler)
         )
-    assert state == {"topics": [], "events": [], "tasks": []}
+    assert state == {"topics": [], "events": [], "tasks": [], "queues": []}
 
 
 def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
@@ -49,7 +51,13 @@ def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
         scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__BLOCKED_HANDLERS": '["run_function"]'},
     )
     try:
-        guarded = script_asset("guarded", "stream_flood.py", env={"COUNT": "20"})
+        @asset
+        def guarded(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+            # Long enough for the launcher's heartbeat to leave events on the session topic.
+            command = f"sleep 1.5 && exec python {script('stream_flood.py')}"
+            return dask_pipes.run(
+                context=context, command=["sh", "-c", command], env={"COUNT": "20"}
+            ).get_materialize_result()
 
         @asset
         def greedy(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
@@ -65,11 +73,13 @@ def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
         assert failure.error.cause.cls_name == PipesDaskNoWorkerError.__name__
         with Client(cluster.address, timeout=10, set_as_default=False) as observer:
             topics = [t for t in observer.get_events() if t.startswith("dagster-pipes/")]  # type: ignore[union-attr]
-            # Without run_on_scheduler the topic keeps its retained events (documented), but the
-            # session's claim is released.
+            # Without run_on_scheduler the topic keeps its retained heartbeats (documented), but
+            # the session's claim is released and its data queue is gone.
             assert len(topics) == 1
             claimed = observer.sync(observer.scheduler.event_is_set, name=f"{topics[0]}/claimed")  # type: ignore[union-attr]
             assert claimed is False
+            with pytest.raises(KeyError):
+                observer.sync(observer.scheduler.queue_qsize, name=f"{topics[0]}/data")  # type: ignore[union-attr]
     finally:
         close_cached_clients()
         cluster.stop()
@@ -127,3 +137,38 @@ def test_launcher_lost_by_the_scheduler_is_published_again(tmp_path) -> None:
     finally:
         close_cached_clients()
         cluster.stop()
+
+
+def test_finished_session_leaves_no_copy_of_its_output(separate_cluster: DaskProcesses) -> None:
+    """What a job printed, logged and reported cannot be read on the scheduler or the worker
+    afterwards (not in Dask's logs of recent messages, events, transitions or anywhere else)."""
+    import uuid
+
+    def holders_of(needle: str) -> list[str]:
+        # Local, so it travels by value to the worker, which cannot import this module.
+        import gc
+
+        gc.collect()
+        found = []
+        for obj in gc.get_objects():
+            for ref in gc.get_referents(obj):
+                text = ref.decode("latin-1") if isinstance(ref, (bytes, bytearray)) else ref
+                if isinstance(text, str) and needle in text:
+                    found.append(type(obj).__name__)
+        return found
+
+    token = uuid.uuid4().hex
+    leaky = script_asset("leaky", "print_token.py", env={"TOKEN_REVERSED": token[::-1]})
+    client = PipesDaskClient(scheduler_address=separate_cluster.address)
+    result = materialize([leaky], resources={"dask_pipes": client})
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("leaky")
+    assert materialization.metadata["token"].value == token  # it did travel
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as observer:
+        reversed_token = token[::-1]  # this test's own calls must not carry the token either
+        on_scheduler = observer.run_on_scheduler(
+            lambda dask_scheduler=None: holders_of(reversed_token[::-1])
+        )
+        on_workers = observer.run(lambda: holders_of(reversed_token[::-1]))
+    assert on_scheduler == []
+    assert list(on_workers.values()) == [[]]

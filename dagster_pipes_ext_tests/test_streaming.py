@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from dagster import AssetExecutionContext, asset, materialize
+from dagster import AssetExecutionContext, DagsterInstance, asset, materialize
 
 from dagster_pipes_ext import PipesDaskClient
 from dagster_pipes_ext_tests.conftest import script, script_asset
@@ -27,7 +27,7 @@ def _flood_asset(count: int, sink: list):
 def test_more_batches_than_the_scheduler_retains(pipes_client: PipesDaskClient) -> None:
     """20,000 messages in 1 KiB batches (over the 1,000 a topic keeps) arrive once, in order."""
     received: list = []
-    client = pipes_client.model_copy(update={"max_batch_bytes": 1024})
+    client = PipesDaskClient(scheduler_address=pipes_client.scheduler_address, max_batch_bytes=1024)
     result = materialize([_flood_asset(20_000, received)], resources={"dask_pipes": client})
     assert result.success
     assert [m["i"] for m in received] == list(range(20_000))
@@ -63,7 +63,7 @@ def test_partial_lines_from_a_non_python_writer(pipes_client: PipesDaskClient, t
 
 
 def test_huge_metadata_arrives_whole(pipes_client: PipesDaskClient) -> None:
-    """A single 8 MiB message line travels as one event and arrives intact."""
+    """A single 8 MiB message line travels in bounded pieces and arrives intact."""
     huge = script_asset("huge", "stream_huge.py", env={"SIZE_MB": "8"})
 
     result = materialize([huge], resources={"dask_pipes": pipes_client})
@@ -71,3 +71,28 @@ def test_huge_metadata_arrives_whole(pipes_client: PipesDaskClient) -> None:
     metadata = result.asset_materializations_for_node("huge")[0].metadata
     assert metadata["size"].value == 8 * 1024 * 1024
     assert metadata["blob"].value == "x" * (8 * 1024 * 1024)
+
+
+def test_message_over_the_cap_fails_the_step_and_the_rest_arrives(
+    pipes_client: PipesDaskClient, instance: DagsterInstance
+) -> None:
+    """A message over max_message_bytes is not forwarded; the step fails naming its method, its
+    size and the field to raise, and the messages around it are still delivered."""
+    huge = script_asset("huge", "stream_huge.py", env={"SIZE_MB": "3"})
+    client = PipesDaskClient(
+        scheduler_address=pipes_client.scheduler_address, max_message_bytes=1024 * 1024
+    )
+    result = materialize(
+        [huge], resources={"dask_pipes": client}, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("huge")
+    assert failure is not None and failure.error is not None and failure.error.cause
+    error = failure.error.cause
+    assert error.cls_name == "PipesDaskMessageTooLargeError"
+    text = error.to_string()
+    assert "'report_asset_materialization' (3,145,9" in text  # 3 MiB of metadata, and its JSON
+    assert "PipesDaskClient(max_message_bytes=...)" in text
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert "after the huge message" in logs
+    assert any("opened dagster pipes" in m for m in logs)

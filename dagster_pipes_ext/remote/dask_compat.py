@@ -39,6 +39,22 @@ def event_extension(dask_scheduler: Any) -> Any:
     return getattr(dask_scheduler, "extensions", {}).get("events")
 
 
+def queue_extension(dask_scheduler: Any) -> Any:
+    """The scheduler's queues extension (``distributed.Queue``'s server side)."""
+    return dask_scheduler.extensions["queues"]
+
+
+def drop_queue(dask_scheduler: Any, name: str) -> None:
+    """Delete a queue and whatever it still holds (``QueueExtension.queues``/``client_refcount``).
+
+    ``queue_release`` would only decrement a reference count, on the batched stream.
+    """
+    extension = getattr(dask_scheduler, "extensions", {}).get("queues")
+    if extension is not None:
+        extension.queues.pop(name, None)
+        extension.client_refcount.pop(name, None)
+
+
 # -- on a worker --------------------------------------------------------------------------------
 
 
@@ -47,6 +63,23 @@ def worker_rpc(worker: Any, op: str, **kwargs: Any) -> Any:
     from distributed.utils import sync
 
     return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+
+
+class QueueMissing(Exception):
+    """The session's data queue does not exist on the scheduler (not yet, or not any more)."""
+
+
+def queue_put(worker: Any, name: str, batch: Any, timeout: float) -> None:
+    """Put one batch into a scheduler queue; wait at most ``timeout`` for room.
+
+    Raises:
+        TimeoutError: The queue stayed full (the reader is behind); nothing was put.
+        QueueMissing: There is no such queue.
+    """
+    try:
+        worker_rpc(worker, "queue_put", name=name, data=batch, timeout=timeout)
+    except KeyError as exc:
+        raise QueueMissing(name) from exc
 
 
 def current_task_key() -> Any:
@@ -144,6 +177,43 @@ def set_topic_handler(client: Any, topic: str, handler: Callable[[Any], None] | 
     else:
         handlers[topic] = handler
     return True
+
+
+def queue_get(client: Any, name: str, timeout: float) -> Any:
+    """Take the next item of a scheduler queue, waiting at most ``timeout`` on the scheduler.
+
+    The wait happens on the scheduler, so an expired wait takes nothing from the queue.
+
+    Raises:
+        TimeoutError: Nothing arrived in time.
+        QueueMissing: There is no such queue.
+    """
+    try:
+        record = client.sync(client.scheduler.queue_get, name=name, timeout=timeout)
+    except KeyError as exc:
+        raise QueueMissing(name) from exc
+    return record["value"]
+
+
+def create_queue(client: Any, name: str, maxsize: int) -> None:
+    """Create a scheduler queue with plain RPCs (where ``run_on_scheduler`` is refused)."""
+    client.sync(client.scheduler.queue_create, name=name, client=client.id, maxsize=maxsize)
+
+
+def release_queue(client: Any, name: str) -> None:
+    """Release a queue created by :func:`create_queue` (where ``run_on_scheduler`` is refused)."""
+    client._send_to_scheduler({"op": "queue_release", "name": name, "client": client.id})
+
+
+def scheduler_workers(client: Any, timeout: float) -> dict[str, Any]:
+    """The scheduler's workers, asked of the scheduler itself.
+
+    ``Client.scheduler_info()`` returns the client's shared copy, which a periodic refresh with
+    ``n_workers=0`` can overwrite between another thread's update and its read: it then lists
+    no workers at all.
+    """
+    identity = client.sync(client.scheduler.identity, n_workers=-1, callback_timeout=timeout)
+    return dict(identity.get("workers", {}))
 
 
 def scheduler_rpc(client: Any, op: str, timeout: float, **kwargs: Any) -> Any:

@@ -6,11 +6,13 @@ One call of :func:`launch` is one session. It:
    (Dask silently re-runs tasks whose worker died; external code must not run twice);
 2. writes the context data to a worker-local file and starts the command in its own process
    group with the stock ``DAGSTER_PIPES_CONTEXT``/``DAGSTER_PIPES_MESSAGES`` file params;
-3. tails the message file (complete lines only) and the process's stdout/stderr, and sends
-   them as batched, sequence-numbered scheduler events on the session's topic;
-4. stops the command when asked to, when the Dagster step is gone, or when the worker closes
+3. tails the message file and the process's stdout/stderr, and puts them as sequence-numbered
+   batches into the session's bounded data queue on the scheduler: when the reader falls
+   behind, the launcher waits, and the data waits on the worker's disk and in the pipe;
+4. sends a heartbeat on the session topic while it runs;
+5. stops the command when asked to, when the Dagster step is gone, or when the worker closes
    (SIGINT to the group, SIGKILL after a timeout);
-5. sends its :class:`LaunchOutcome` as the last event and returns it.
+6. puts its :class:`LaunchOutcome` as the last batch and returns it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dagster_pipes_ext.remote import dask_compat
@@ -39,13 +42,14 @@ from dagster_pipes_ext.remote.process import (
 from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION
 from dagster_pipes_ext.remote.tail import LineTail
 from dagster_pipes_ext.remote.wire import (
+    HEARTBEAT_KEY,
     LAUNCHER_METADATA_KEY,
     PIPES_CONTEXT_ENV,
     PIPES_MESSAGES_ENV,
     REC_END,
-    REC_MESSAGES,
     REC_NOTE,
     REC_START,
+    WINDOW_BATCHES,
     EventBatch,
     LaunchOutcome,
     LaunchSpec,
@@ -55,6 +59,9 @@ from dagster_pipes_ext.remote.wire import (
 # The size a record counts for in a batch when it carries no text.
 RECORD_OVERHEAD_BYTES = 64
 STOP_POLL_SECONDS = 2.0  # one long-poll of the stop event
+PUT_SLICE_SECONDS = 0.5  # one wait for room in the data queue, between stop-policy checks
+QUEUE_CREATE_WAIT_SECONDS = 30.0  # how long the data queue may take to appear
+QUEUE_CREATE_POLL_SECONDS = 0.002
 STOP_RETRY_SECONDS = 1.0  # after the scheduler did not answer it
 # Where a worker process keeps the launchers it unpickled (see ``launcher_entry``).
 _ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
@@ -77,18 +84,24 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
         outcome["status"] = "redelivered"
         outcome["error"] = "the session was already started by an earlier delivery of this task"
         return outcome
-    sender = Sender(worker, spec["topic"], spec["max_batch_bytes"])
+    policy = StopPolicy(worker, spec)
+    sender = Sender(worker, spec["queue"], spec["max_batch_bytes"], on_blocked=policy.while_blocked)
+    heartbeat = Heartbeat(worker, spec["topic"], spec["heartbeat_interval_seconds"])
     workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
     try:
-        abandoned = _run_session(spec, worker, sender, workdir, outcome)
+        _run_session(spec, sender, policy, workdir, outcome)
+        if not policy.abandoned:
+            _send_outcome(sender, outcome)
+    except ReaderGone:
+        policy.abandoned = True
     finally:
+        heartbeat.stop()
+        policy.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    if abandoned:
-        # Nobody reads the topic any more: clean the scheduler instead of publishing.
+    if policy.abandoned:
+        # Nobody reads the session any more: clean the scheduler instead of sending.
         outcome["last_seq"] = sender.last_seq
         _forget_abandoned_session(worker, spec)
-        return outcome
-    _send_outcome(sender, outcome)
     return outcome
 
 
@@ -97,6 +110,7 @@ def _new_outcome(worker: Any) -> LaunchOutcome:
         "status": "launch_failed",
         "returncode": None,
         "last_seq": -1,
+        "lines": 0,
         "worker": str(worker.address),
         "hostname": socket.gethostname(),
         "pid": None,
@@ -126,7 +140,7 @@ def _already_claimed(worker: Any, name: str) -> bool:
 
 
 def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
-    """Send the outcome alone in the session's last event.
+    """Send the outcome alone in the session's last batch.
 
     The orchestrator handles it right after the last message, without waiting for the
     scheduler's task bookkeeping or fetching the task's result.
@@ -137,54 +151,104 @@ def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
     sender.flush()
 
 
-class Sender:
-    """Sends ordered, sequence-numbered batches of records as scheduler events.
+class ReaderGone(Exception):
+    """The session's data queue was removed: the orchestrator is gone or gave up on it."""
 
-    Only the task thread calls it, so events reach the orchestrator before the task result.
+
+class Sender:
+    """Puts ordered, sequence-numbered batches of records into the session's data queue.
+
+    Only the task thread calls it, so batches reach the orchestrator before the task result. A
+    full queue (the reader is behind) blocks :meth:`flush`, calling ``on_blocked`` every
+    :data:`PUT_SLICE_SECONDS` meanwhile; nothing is dropped.
     """
 
-    def __init__(self, worker: Any, topic: str, max_batch_bytes: int) -> None:
+    def __init__(
+        self, worker: Any, queue: str, max_batch_bytes: int, on_blocked: Callable[[], None]
+    ) -> None:
         self._worker = worker
-        self._topic = topic
+        self._queue = queue
         self._max_bytes = max_batch_bytes
+        self._on_blocked = on_blocked
         self._records: list[list[Any]] = []
         self._size = 0
+        self._queue_seen = False
         self.last_seq = -1
 
     def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
         """Add a record to the current batch; send the batch once it is full."""
+        if self._records and self._size + size > self._max_bytes:
+            self.flush()
         self._records.append([kind, data])
         self._size += size
-        if self._size >= self._max_bytes:
-            self.flush()
 
-    def add_chunks(self, chunks: list[bytes]) -> None:
-        """Add chunks of whole message lines."""
-        for chunk in chunks:
-            self.add(REC_MESSAGES, chunk.decode("utf-8", errors="replace"), len(chunk))
+    def add_records(self, records: list[tuple[str, Any, int]]) -> None:
+        """Add records made by the message-file tail."""
+        for kind, data, size in records:
+            self.add(kind, data, size)
 
     def note(self, text: str) -> None:
-        """Add a launcher notice for the run's log."""
-        self.add(REC_NOTE, f"[pipes] {text}")
+        """Add a launcher notice for the run's log (never sends: safe while blocked)."""
+        self._records.append([REC_NOTE, f"[pipes] {text}"])
+        self._size += RECORD_OVERHEAD_BYTES
 
     def flush(self) -> None:
-        """Send the current batch, if it holds anything."""
+        """Send the current batch, if it holds anything (waiting while the queue is full)."""
         if not self._records:
             return
+        batch: EventBatch = {"s": self.last_seq + 1, "r": self._records}
+        created_by = time.monotonic() + QUEUE_CREATE_WAIT_SECONDS
+        while True:
+            try:
+                dask_compat.queue_put(self._worker, self._queue, batch, PUT_SLICE_SECONDS)
+                break
+            except TimeoutError:
+                self._on_blocked()
+            except dask_compat.QueueMissing:
+                # Created by the orchestrator as the task was submitted, and removed when it
+                # gave up on the session.
+                if self._queue_seen or time.monotonic() > created_by:
+                    raise ReaderGone(self._queue) from None
+                time.sleep(QUEUE_CREATE_POLL_SECONDS)
+        self._queue_seen = True
         self.last_seq += 1
-        batch: EventBatch = {"s": self.last_seq, "r": self._records}
         self._records = []
         self._size = 0
-        self._worker.log_event(self._topic, batch)
+
+
+class Heartbeat:
+    """Tells the orchestrator, every ``interval`` seconds, that this launcher is alive.
+
+    A tiny event on the session topic, from its own thread, so it keeps flowing while the data
+    queue is full; it carries nothing of the command's output.
+    """
+
+    def __init__(self, worker: Any, topic: str, interval: float) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
+        )
+        self._thread.start()
+
+    def _beat(self, worker: Any, topic: str, interval: float) -> None:
+        beat = 0
+        while not self._done.wait(interval):
+            beat += 1
+            with contextlib.suppress(Exception):
+                worker.log_event(topic, {HEARTBEAT_KEY: beat})
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self._done.set()
 
 
 # -- the session -------------------------------------------------------------------------------
 
 
 def _run_session(
-    spec: LaunchSpec, worker: Any, sender: Sender, workdir: str, outcome: LaunchOutcome
-) -> bool:
-    """Run the command, filling ``outcome``; return whether the Dagster step was gone."""
+    spec: LaunchSpec, sender: Sender, policy: StopPolicy, workdir: str, outcome: LaunchOutcome
+) -> None:
+    """Run the command, filling ``outcome``."""
     env, messages_path = _prepare_files(spec, workdir)
     sender.add(REC_START, {"worker": outcome["worker"], "hostname": outcome["hostname"]})
     try:
@@ -193,25 +257,24 @@ def _run_session(
         outcome["error"] = launch_error(spec, exc)
         sender.note(outcome["error"])
         outcome["ended_at"] = time.time()
-        return False
+        return
     outcome["pid"] = proc.pid
     outcome["started_at"] = time.time()
     stdio = StdioDrain(proc, forward=spec["forward_stdio"])
-    policy = StopPolicy(worker, spec)
-    tail = LineTail(messages_path, spec["max_batch_bytes"])
+    policy.watch(proc.pid, sender)
+    tail = LineTail(messages_path, spec["max_batch_bytes"], spec["max_message_bytes"])
     returncode: int | None = None
     rusage = None
     try:
         returncode, rusage = _pump_until_exit(proc, tail, stdio, policy, sender, spec)
     finally:
-        policy.close()
+        outcome["lines"] = tail.lines
         tail.close()
         if returncode is None:
             signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
-        stdio.join()
+        stdio.close()
     _record_exit(outcome, policy, returncode, rusage, stdio.stderr_tail())
-    return policy.abandoned
 
 
 def _prepare_files(spec: LaunchSpec, workdir: str) -> tuple[dict[str, str], str]:
@@ -239,8 +302,10 @@ def _pump_until_exit(
     """Forward messages and stdio until the command exited and its pipes closed."""
     returncode: int | None = None
     rusage = None
+    budget = spec["max_batch_bytes"] * WINDOW_BATCHES
     while True:
-        sender.add_chunks(tail.read_chunks())
+        records, more = tail.read(budget)
+        sender.add_records(records)
         stdio.drain(sender)
         sender.flush()
         if returncode is None:
@@ -248,14 +313,16 @@ def _pump_until_exit(
             if pid:
                 returncode = proc.returncode = os.waitstatus_to_exitcode(status)
                 rusage = ru
+                policy.exited = True
                 # Nothing the command started may outlive it.
                 signal_group(proc.pid, signal.SIGKILL)
         if returncode is not None and not stdio.open:
-            sender.add_chunks(tail.read_rest())
+            sender.add_records(tail.read_rest())
             sender.flush()
             return returncode, rusage
-        policy.check(proc.pid, returncode is not None, sender)
-        stdio.wait(spec["poll_interval_seconds"])
+        policy.check()
+        if not more:
+            stdio.wait(spec["poll_interval_seconds"])
 
 
 def _record_exit(
@@ -296,8 +363,11 @@ class StopPolicy:
         self._grace = spec["termination_timeout_seconds"]
         self._task_key = dask_compat.current_task_key()
         self._kill_at: float | None = None
+        self._pgid: int | None = None
+        self._sender: Sender | None = None
         self.stop = threading.Event()
         self.abandoned = False
+        self.exited = False
         self._done = threading.Event()
         threading.Thread(
             target=self._watch_stop_event,
@@ -305,6 +375,11 @@ class StopPolicy:
             daemon=True,
             name="pipes-stop-watch",
         ).start()
+
+    def watch(self, pgid: int, sender: Sender) -> None:
+        """The command started: its process group, and where notices go."""
+        self._pgid = pgid
+        self._sender = sender
 
     def _watch_stop_event(self, name: str) -> None:
         """Long-poll the session's stop event on the scheduler until the launcher is done."""
@@ -320,34 +395,44 @@ class StopPolicy:
                 if self._done.wait(STOP_RETRY_SECONDS):
                     return
 
-    def check(self, pgid: int, exited: bool, sender: Sender) -> None:
+    def while_blocked(self) -> None:
+        """Called while the data queue is full: keep deciding; give up if the step is gone."""
+        self.check()
+        if self.abandoned:
+            raise ReaderGone("the Dagster step is gone")
+
+    def check(self) -> None:
         """Decide whether to stop now, and signal the process group when it is time."""
         if not self.stop.is_set():
-            self._notice_reasons(sender)
-        if exited:
+            self._notice_reasons()
+        if self.exited or self._pgid is None:
             return
         if self.stop.is_set() and self._kill_at is None:
             self._kill_at = time.monotonic() + self._grace
-            signal_group(pgid, signal.SIGINT)
-            sender.note("stop requested: sent SIGINT to the process group")
+            signal_group(self._pgid, signal.SIGINT)
+            self._note("stop requested: sent SIGINT to the process group")
         if self._kill_at is not None and time.monotonic() >= self._kill_at:
-            signal_group(pgid, signal.SIGKILL)
-            sender.note(
+            signal_group(self._pgid, signal.SIGKILL)
+            self._note(
                 "process did not exit within termination_timeout_seconds: "
                 "sent SIGKILL to the process group"
             )
             self._kill_at = float("inf")
 
-    def _notice_reasons(self, sender: Sender) -> None:
+    def _notice_reasons(self) -> None:
         if self._when_abandoned and dask_compat.task_released_on_worker(
             self._worker, self._task_key
         ):
             self.abandoned = True
             self.stop.set()
-            sender.note("the Dagster step is gone: stopping the command")
+            self._note("the Dagster step is gone: stopping the command")
         elif dask_compat.worker_closing(self._worker):
             self.stop.set()
-            sender.note("the Dask worker is closing: stopping the command")
+            self._note("the Dask worker is closing: stopping the command")
+
+    def _note(self, text: str) -> None:
+        if self._sender is not None:
+            self._sender.note(text)
 
     def close(self) -> None:
         """End the stop-event watch."""
@@ -359,7 +444,7 @@ class StopPolicy:
 
 def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
     """Do the orchestrator's clean-up on the scheduler, since the orchestrator is gone."""
-    topic, events = spec["topic"], [spec["claim_event"], spec["stop_event"]]
+    topic, queue, events = spec["topic"], spec["queue"], [spec["claim_event"], spec["stop_event"]]
 
     def clear_events() -> bool:  # run_function refused: the empty topic stays
         for name in events:
@@ -368,7 +453,7 @@ def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
         return False
 
     dask_compat.run_function_from_worker(
-        worker, FORGET_SESSION, (topic, events, False), clear_events
+        worker, FORGET_SESSION, (topic, queue, events, False), clear_events
     )
 
 

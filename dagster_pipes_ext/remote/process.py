@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from typing import Any, Literal, Protocol
 
@@ -19,6 +20,9 @@ from dagster_pipes_ext.remote.wire import REC_STDERR, REC_STDOUT, LaunchSpec
 STDERR_TAIL_BYTES = 4096
 PIPE_READ_BYTES = 65536
 PUMP_JOIN_SECONDS = 5.0
+DISCARD_POLL_SECONDS = 0.05
+# Pipe reads the launcher holds before the pumps wait (each up to PIPE_READ_BYTES).
+STDIO_QUEUE_CHUNKS = 16
 
 
 class RecordSink(Protocol):
@@ -126,13 +130,15 @@ _Item = tuple[str, str] | None  # (kind, text), or None when a pump reached EOF
 class StdioDrain:
     """The command's stdout/stderr: two pump threads feed a queue the task thread drains.
 
-    It also keeps the last few KiB of stderr for the error message, and the item returned by
+    The queue is bounded (:data:`STDIO_QUEUE_CHUNKS` reads): when the launcher waits for the
+    reader, the pumps wait too, the pipe fills, and the command blocks on its next write. It
+    also keeps the last few KiB of stderr for the error message, and the item returned by
     the last :meth:`wait`, which the next :meth:`drain` handles first.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], *, forward: bool) -> None:
         self._forward = forward
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=STDIO_QUEUE_CHUNKS)
         self._stderr: deque[str] = deque()
         self._stderr_len = 0
         self._carried: _Item | Literal[False] = False
@@ -189,10 +195,12 @@ class StdioDrain:
         """The last few KiB the command wrote to stderr."""
         return "".join(self._stderr)[-STDERR_TAIL_BYTES:]
 
-    def join(self) -> None:
-        """Wait (bounded) for the pump threads to finish."""
-        for pump in self._pumps:
-            pump.join(timeout=PUMP_JOIN_SECONDS)
+    def close(self) -> None:
+        """Wait (bounded) for the pump threads to finish, discarding what nobody will read."""
+        deadline = time.monotonic() + PUMP_JOIN_SECONDS
+        while any(pump.is_alive() for pump in self._pumps) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=DISCARD_POLL_SECONDS)
 
 
 def _pump_stream(fd: int, kind: str, out: queue.Queue[_Item]) -> None:

@@ -10,7 +10,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dagster_pipes_ext.remote.dask_compat import event_extension, scheduler_topics
+from dagster_pipes_ext.remote.dask_compat import (
+    drop_queue,
+    event_extension,
+    queue_extension,
+    scheduler_topics,
+)
 
 
 def on_scheduler(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,29 +43,30 @@ def claim_session(name: str, dask_scheduler: Any = None) -> bool:
     return already
 
 
-def subscribe_topic(topic: str, client_id: str, dask_scheduler: Any = None) -> list[Any]:
-    """Subscribe a client to a topic; return the events published before.
+def open_session(
+    topic: str, queue: str, maxsize: int, client_id: str, dask_scheduler: Any = None
+) -> None:
+    """Subscribe the orchestrator to the session's topic and create its bounded data queue.
 
-    Subscribing and reading the retained events in one step of the scheduler's event loop means
-    every event is either returned here or forwarded to the client, whichever way the scheduler
-    orders this call and the task's submission. So the orchestrator submits without waiting for
-    the subscription. (``Client.subscribe_topic`` rides the client's batched stream, which then
-    holds the submission back for the stream's 10 ms interval.)
+    One call, started before the task is submitted and not waited for: the launcher retries a
+    put until the queue exists, and the topic carries only heartbeats.
     """
     dask_scheduler.subscribe_topic(topic, client_id)
-    return [event for _, event in dask_scheduler.get_events(topic)]
+    queue_extension(dask_scheduler).create(name=queue, client=client_id, maxsize=maxsize)
 
 
 def forget_session(
-    topic: str, events: list[str], release_launcher: bool, dask_scheduler: Any = None
+    topic: str, queue: str, events: list[str], release_launcher: bool, dask_scheduler: Any = None
 ) -> bool:
-    """Remove a finished session's events and topic in one scheduler call.
+    """Remove a finished session's events, data queue and topic in one scheduler call.
 
     Setting the stop event first releases a launcher's long-poll on it at once (a finished
     launcher ignores it); a cleared event without waiters is deleted, and one still waited on is
     deleted when its last waiter times out. Removing the topic also drops its subscriptions.
-    The scheduler keeps every topic and its last events for its lifetime otherwise.
+    The scheduler keeps every topic and its last events for its lifetime otherwise. A launcher
+    still putting into the removed queue learns that its reader is gone.
     """
+    drop_queue(dask_scheduler, queue)
     extension = event_extension(dask_scheduler)
     if extension is not None:
         if release_launcher:
@@ -80,6 +86,11 @@ def task_state(key: str, dask_scheduler: Any = None) -> str | None:
     return None if ts is None else str(ts.state)
 
 
+def worker_present(address: str, dask_scheduler: Any = None) -> bool:
+    """Whether the scheduler still has this worker (it removes a worker it lost)."""
+    return address in dask_scheduler.workers
+
+
 def dashboard_served(dask_scheduler: Any = None) -> bool:
     """Whether the scheduler process serves the bokeh dashboard.
 
@@ -89,7 +100,8 @@ def dashboard_served(dask_scheduler: Any = None) -> bool:
 
 
 CLAIM_SESSION = on_scheduler(claim_session)
-SUBSCRIBE_TOPIC = on_scheduler(subscribe_topic)
+OPEN_SESSION = on_scheduler(open_session)
 FORGET_SESSION = on_scheduler(forget_session)
 TASK_STATE = on_scheduler(task_state)
+WORKER_PRESENT = on_scheduler(worker_present)
 DASHBOARD_SERVED = on_scheduler(dashboard_served)

@@ -11,23 +11,32 @@ from typing import Any, Literal, NamedTuple, TypedDict
 PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
 PIPES_MESSAGES_ENV = "DAGSTER_PIPES_MESSAGES"
 
-# Record kinds inside an event batch.
+# Record kinds inside a batch of the session's data queue.
 REC_START = "start"  # launcher facts, once, before the command starts
 REC_MESSAGES = "m"  # complete Pipes message lines, "\n"-joined (JSON, parsed by the orchestrator)
+REC_FRAGMENT = "f"  # a piece of one message line longer than a batch (bytes, no newline)
+REC_LAST_FRAGMENT = "F"  # the last piece of that line
+REC_OVERSIZED = "big"  # a line over max_message_bytes, not forwarded: {"method", "bytes"}
 REC_STDOUT = "o"
 REC_STDERR = "e"
 REC_NOTE = "note"  # a launcher notice for the run's log (e.g. "sent SIGINT")
 REC_END = "end"  # the launcher's outcome, alone in the last batch, ahead of the task's result
 
+# On the session topic (Dask events): the launcher's heartbeat, nothing of the command's output.
+HEARTBEAT_KEY = "hb"
+
 # Where the scheduler's metadata holds the published launchers (one per digest).
 LAUNCHER_METADATA_KEY = ("dagster-pipes-ext", "launcher")
 TOPIC_PREFIX = "dagster-pipes/"
+# Batches the session's data queue holds before the launcher waits for the reader.
+WINDOW_BATCHES = 8
 
 
 class SessionNames(NamedTuple):
-    """The scheduler names of one session: its topic and its two events."""
+    """The scheduler names of one session: its topic, its data queue and its two events."""
 
     topic: str
+    queue: str
     claim_event: str
     stop_event: str
 
@@ -40,13 +49,14 @@ class SessionNames(NamedTuple):
 def session_names(run_id: str, session_id: str) -> SessionNames:
     """The one place session names are built (client, launcher clean-up and benchmarks)."""
     topic = f"{TOPIC_PREFIX}{run_id}/{session_id}"
-    return SessionNames(topic, f"{topic}/claimed", f"{topic}/stop")
+    return SessionNames(topic, f"{topic}/data", f"{topic}/claimed", f"{topic}/stop")
 
 
 class LaunchSpec(TypedDict):
     """What the orchestrator sends to the worker for one session."""
 
     topic: str
+    queue: str
     claim_event: str
     stop_event: str
     command: list[str]
@@ -57,11 +67,18 @@ class LaunchSpec(TypedDict):
     stop_when_abandoned: bool
     termination_timeout_seconds: float
     max_batch_bytes: int
+    max_message_bytes: int
     poll_interval_seconds: float
+    heartbeat_interval_seconds: float
+    heartbeat_timeout_seconds: float
 
 
 class EventBatch(TypedDict):
-    """One scheduler event on the session topic: a sequence number and ordered records."""
+    """One item of the session's data queue: a sequence number and ordered records.
+
+    The queue is bounded (:data:`WINDOW_BATCHES`) and every batch is at most about
+    ``max_batch_bytes``, so the data in flight between the launcher and the reader is bounded.
+    """
 
     s: int
     r: list[list[Any]]
@@ -76,6 +93,7 @@ class LaunchOutcome(TypedDict):
     status: LaunchStatus
     returncode: int | None
     last_seq: int
+    lines: int  # message lines the command wrote (forwarded, or reported as oversized)
     worker: str
     hostname: str
     pid: int | None
