@@ -6,6 +6,7 @@ from dagster_pipes_ext.client import PipesDaskClient
 from dagster_pipes_ext.cluster import close_cached_clients
 from dagster_pipes_ext.context_injector import PipesDaskContextInjector
 from dagster_pipes_ext.errors import (
+    PipesDaskConfigurationError,
     PipesDaskError,
     PipesDaskLaunchError,
     PipesDaskMessagesLostError,
@@ -22,6 +23,7 @@ DagsterLibraryRegistry.register("dagster-pipes-ext", __version__, is_dagster_pac
 
 __all__ = [
     "PipesDaskClient",
+    "PipesDaskConfigurationError",
     "PipesDaskContextInjector",
     "PipesDaskError",
     "PipesDaskLaunchError",

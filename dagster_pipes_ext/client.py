@@ -6,7 +6,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -22,16 +22,25 @@ from dagster_pipes import PipesExtras
 from pydantic import Field
 
 from dagster_pipes_ext.cluster import (
+    Connection,
+    ConnectionState,
+    DaskConfigurationError,
     DaskConnectionError,
+    TlsSettings,
     connection_state,
-    get_dask_client,
-    resolve_scheduler_address,
+    get_connection,
+    resolve_source,
 )
-from dagster_pipes_ext.context_injector import PipesDaskContextInjector
-from dagster_pipes_ext.errors import PipesDaskSchedulerUnreachableError, error_for_outcome
+from dagster_pipes_ext.context_injector import PipesDaskContextInjector, partition_overrides
+from dagster_pipes_ext.errors import (
+    PipesDaskConfigurationError,
+    PipesDaskSchedulerUnreachableError,
+    error_for_outcome,
+)
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
+from dagster_pipes_ext.remote import dask_compat
 from dagster_pipes_ext.remote.wire import LaunchOutcome, LaunchSpec, session_names
-from dagster_pipes_ext.task import LaunchTask, dashboard_link
+from dagster_pipes_ext.task import RPC_TIMEOUT_SECONDS, LaunchTask, dashboard_link
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -68,9 +77,58 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     scheduler_address: str | None = Field(
         default=None,
         description=(
-            "Address of the Dask scheduler, e.g. tcp://127.0.0.1:8786. Unset: "
-            "DASK_SCHEDULER_ADDRESS or Dask config, else an embedded in-process cluster."
+            "Address of the Dask scheduler, e.g. tcp://127.0.0.1:8786 or tls://... Set at most "
+            "one of scheduler_address, scheduler_file and cluster_class; with none, "
+            "DASK_SCHEDULER_ADDRESS or Dask's scheduler-address config, else the embedded "
+            "in-process cluster."
         ),
+    )
+    scheduler_file: str | None = Field(
+        default=None,
+        description="A scheduler file (`dask scheduler --scheduler-file`) naming the scheduler.",
+    )
+    cluster_class: str | None = Field(
+        default=None,
+        description=(
+            "Dotted path of a Dask cluster class, or of a callable returning a cluster or a "
+            "distributed.Client, e.g. 'dask_jobqueue.SLURMCluster' or "
+            "'dagster_pipes_ext.gateway.connect_gateway_cluster'."
+        ),
+    )
+    cluster_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Keyword arguments for cluster_class."
+    )
+    adapt_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Arguments of cluster.adapt(...) for a started cluster (minimum, maximum).",
+    )
+    cluster_lifetime: Literal["process", "run"] = Field(
+        default="process",
+        description=(
+            "A cluster_class cluster lives once per process (cached, closed at exit) or is "
+            "started and closed inside each run()."
+        ),
+    )
+    allow_embedded_cluster: bool = Field(
+        default=True,
+        description=(
+            "Fall back to the embedded in-process cluster when no source is set. False: fail "
+            "instead, naming the sources looked at (for deployments where running on the "
+            "Dagster host is wrong)."
+        ),
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="CA certificate (PEM) the scheduler's certificate is checked with.",
+    )
+    tls_client_cert: str | None = Field(
+        default=None, description="Client certificate (PEM) for a tls:// scheduler."
+    )
+    tls_client_key: str | None = Field(
+        default=None, description="Client private key (PEM) for a tls:// scheduler."
+    )
+    require_encryption: bool | None = Field(
+        default=None, description="Refuse any scheduler connection that is not TLS."
     )
     env: dict[str, str] | None = Field(
         default=None, description="Environment variables added to the worker's for the command."
@@ -166,17 +224,39 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         """Return the (cached) Dask client this resource submits to.
 
         Raises:
-            PipesDaskSchedulerUnreachableError: The scheduler did not answer in time.
+            PipesDaskSchedulerUnreachableError: The scheduler could not be reached.
+            PipesDaskConfigurationError: The connection fields contradict each other.
         """
+        return self._connect(cached=True).client
+
+    def _connect(self, *, cached: bool) -> Connection:
         try:
-            return get_dask_client(
-                resolve_scheduler_address(self.scheduler_address),
+            source = resolve_source(
+                scheduler_address=self.scheduler_address,
+                scheduler_file=self.scheduler_file,
+                cluster_class=self.cluster_class,
+                cluster_kwargs=self.cluster_kwargs,
+                adapt_kwargs=self.adapt_kwargs,
+                allow_embedded=self.allow_embedded_cluster,
+            )
+            return get_connection(
+                source,
+                tls=self._tls,
                 connect_timeout_seconds=self.connect_timeout_seconds,
                 embedded_threads_per_worker=self.embedded_threads_per_worker,
                 embedded_dashboard=self.embedded_dashboard,
+                cached=cached,
             )
+        except DaskConfigurationError as exc:
+            raise PipesDaskConfigurationError(str(exc)) from exc
         except DaskConnectionError as exc:
             raise PipesDaskSchedulerUnreachableError(str(exc)) from exc
+
+    @property
+    def _tls(self) -> TlsSettings:
+        return TlsSettings(
+            self.tls_ca_file, self.tls_client_cert, self.tls_client_key, self.require_encryption
+        )
 
     def run(  # type: ignore[override]
         self,
@@ -219,24 +299,46 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         argv = _normalize_command(command)
         _check_env(env)
         started = time.monotonic()
-        task = self._new_task(op_context, resources, workers, allow_other_workers, priority)
-        injector = PipesDaskContextInjector(overrides=_partition_overrides(op_context))
+        per_run = self.cluster_class is not None and self.cluster_lifetime == "run"
+        connection = self._connect(cached=not per_run)
+        try:
+            task = self._new_task(
+                op_context, connection, resources, workers, allow_other_workers, priority
+            )
+            env = {**self._cluster_env(op_context, connection, task.state), **(env or {})}
+            return self._run_session(op_context, task, argv, env, cwd, extras, started)
+        finally:
+            if per_run:
+                connection.close()
+
+    def _run_session(
+        self,
+        context: OpExecutionContext,
+        task: LaunchTask,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        extras: PipesExtras | None,
+        started: float,
+    ) -> PipesClientCompletedInvocation:
+        """Open the Pipes session, run the launcher, and account for every message."""
+        injector = PipesDaskContextInjector(overrides=partition_overrides(context))
         reader = PipesDaskMessageReader(
             dask_client=task.client,
             topic=task.names.topic,
             queue=task.names.queue,
             forward_stdio=self.forward_stdio,
-            log=op_context.log,
+            log=context.log,
             drain_timeout_seconds=self.message_drain_timeout_seconds,
             on_end=task.notify_end,
         )
         outcome: LaunchOutcome | None = None
         try:
             with open_pipes_session(
-                context=op_context, context_injector=injector, message_reader=reader, extras=extras
+                context=context, context_injector=injector, message_reader=reader, extras=extras
             ) as session:
                 spec = self._build_spec(task, argv, env, cwd, injector)
-                outcome = task.run(spec, reader, op_context.log)
+                outcome = task.run(spec, reader, context.log)
                 if outcome["status"] != "redelivered":
                     reader.wait_for_end()
                 error = error_for_outcome(outcome, started_on=reader.worker_address)
@@ -252,15 +354,38 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             session, metadata=self._metadata(task, outcome, started)
         )
 
+    def _cluster_env(
+        self, context: OpExecutionContext, connection: Connection, state: ConnectionState
+    ) -> dict[str, str]:
+        """Say which cluster this run uses; give the command what it needs to use it too.
+
+        The embedded cluster is in-process (``inproc://``): the command cannot reach it.
+        """
+        context.log.info(
+            f"[pipes] Dask cluster: {connection.source.describe()} (scheduler {connection.address})"
+        )
+        if connection.source.kind == "embedded":
+            return {}
+        if not state.threads_checked:
+            state.threads_checked = True
+            workers = dask_compat.scheduler_workers(connection.client, RPC_TIMEOUT_SECONDS)
+            if sum(int(w.get("nthreads", 0)) for w in workers.values()) == 1:
+                context.log.warning(
+                    "[pipes] the Dask cluster has one worker thread in all, and the launcher "
+                    "takes it: tasks the command submits to this cluster would wait forever."
+                )
+        return {"DASK_SCHEDULER_ADDRESS": connection.address, **connection.command_tls_env()}
+
     def _new_task(
         self,
         context: OpExecutionContext,
+        connection: Connection,
         resources: Mapping[str, float] | None,
         workers: str | Sequence[str] | None,
         allow_other_workers: bool,
         priority: int,
     ) -> LaunchTask:
-        dask_client = self.get_dask_client()
+        dask_client = connection.client
         session_id = uuid.uuid4().hex
         return LaunchTask(
             dask_client,
@@ -315,6 +440,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             "dask/worker": outcome["worker"],
             "dask/exit_code": outcome["returncode"],
             "dask/wall_time_seconds": round(time.monotonic() - started, 4),
+            "dask/scheduler": str(task.client.scheduler.address if task.client.scheduler else ""),
         }
         link = dashboard_link(task.client, task.state, self.embedded_dashboard)
         if link:
@@ -361,28 +487,6 @@ def _check_env(env: Mapping[str, str] | None) -> None:
             f"PipesDaskClient.run(env=...) takes string names and values; not: {bad!r}. "
             "Convert the values with str()."
         )
-
-
-def _partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
-    """Deliver a multi-partition run's key range and time window, which Dagster core omits."""
-    try:
-        if context.has_partition_key or not context.has_partition_key_range:
-            return {}
-        key_range = context.partition_key_range
-    except Exception:
-        return {}
-    overrides: dict[str, Any] = {
-        "partition_key_range": {"start": key_range.start, "end": key_range.end}
-    }
-    try:
-        window = context.partition_time_window
-        overrides["partition_time_window"] = {
-            "start": window.start.isoformat(),
-            "end": window.end.isoformat(),
-        }
-    except Exception:
-        pass  # not time-partitioned
-    return overrides
 
 
 __all__ = ["PipesDaskClient"]

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from dagster import PipesContextInjector
+from dagster import OpExecutionContext, PipesContextInjector
 from dagster_pipes import PipesContextData, PipesParams
 
 INJECTOR_PARAM = "dask_task"
@@ -60,3 +60,25 @@ class PipesDaskContextInjector(PipesContextInjector):
             "to a worker-local file and set DAGSTER_PIPES_CONTEXT to stock file params. The "
             "external process should call `open_dagster_pipes()` with the default context loader."
         )
+
+
+def partition_overrides(context: OpExecutionContext) -> dict[str, Any]:
+    """Deliver a multi-partition run's key range and time window, which Dagster core omits."""
+    try:
+        if context.has_partition_key or not context.has_partition_key_range:
+            return {}
+        key_range = context.partition_key_range
+    except Exception:
+        return {}
+    overrides: dict[str, Any] = {
+        "partition_key_range": {"start": key_range.start, "end": key_range.end}
+    }
+    try:
+        window = context.partition_time_window
+        overrides["partition_time_window"] = {
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+        }
+    except Exception:
+        pass  # not time-partitioned
+    return overrides

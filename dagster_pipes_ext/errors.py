@@ -17,6 +17,10 @@ class PipesDaskError(DagsterPipesExecutionError):
     """Base class of this package's errors."""
 
 
+class PipesDaskConfigurationError(PipesDaskError):
+    """The resource's connection fields contradict each other or name nothing usable."""
+
+
 class PipesDaskSchedulerUnreachableError(PipesDaskError):
     """The Dask scheduler did not answer within the connect timeout."""
 
