@@ -440,7 +440,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             "dask/worker": outcome["worker"],
             "dask/exit_code": outcome["returncode"],
             "dask/wall_time_seconds": round(time.monotonic() - started, 4),
-            "dask/scheduler": str(task.client.scheduler.address if task.client.scheduler else ""),
         }
         link = dashboard_link(task.client, task.state, self.embedded_dashboard)
         if link:

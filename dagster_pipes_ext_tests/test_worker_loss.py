@@ -1,11 +1,14 @@
 """A lost worker fails the step; the command is never re-run silently on another worker."""
 
+import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -61,7 +64,9 @@ def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, t
     def kill_worker() -> None:
         text = wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
         pid, grandchild = (int(x) for x in text.split())
-        worker_pid = psutil.Process(pid).ppid()
+        supervisor = psutil.Process(pid).parent()
+        assert supervisor is not None
+        worker_pid = supervisor.ppid()
         assert worker_pid in {w.pid for w in doomed_cluster.workers}
         killed.update(pid=pid, grandchild=grandchild, worker=worker_pid)
         psutil.Process(worker_pid).send_signal(signal.SIGKILL)
@@ -84,8 +89,8 @@ def test_killed_worker_fails_step_without_rerun(doomed_cluster: DaskProcesses, t
     assert starts_file.read_text().split() == [str(killed["pid"])]
     try:
         wait_for(lambda: not pid_alive(killed["pid"]), 15, "the orphaned command to end")
+        wait_for(lambda: not pid_alive(killed["grandchild"]), 15, "its child to end")
     finally:
-        # PDEATHSIG covers the command itself, not what it started (see docs/design.md).
         stop_pid(killed["grandchild"])
 
 
@@ -115,5 +120,67 @@ def test_lost_scheduler_fails_step_and_stops_command(tmp_path: Path) -> None:
         wait_for(lambda: not pid_alive(pid), 30, "the command to be stopped")
         wait_for(lambda: not pid_alive(grandchild), 30, "the command's child to be stopped")
     finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+def _family(pids_file: Path) -> list[int]:
+    text = wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
+    return [int(p) for p in text.split()]
+
+
+def _worker_of(pid: int, cluster: DaskProcesses) -> int:
+    """The worker process that runs the command ``pid`` (through its supervisor)."""
+    workers = {w.pid for w in cluster.workers}
+    for ancestor in psutil.Process(pid).parents():
+        if ancestor.pid in workers:
+            return ancestor.pid
+    raise AssertionError(f"no worker among the ancestors of {pid}")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_no_descendant_survives_a_lost_worker(how: str, tmp_path: Path):
+    """Worker SIGKILLed (as the kernel's OOM killer does) or hung (SIGSTOP): the step fails with
+    PipesDaskWorkerLostError, and the command, its child, grandchild and a double-forked setsid
+    daemon are all gone, the stopped worker notwithstanding."""
+    cluster = start_cluster(1, nthreads=2)
+    pids_file = tmp_path / "pids"
+    family_asset = script_asset("family", "fault_family.py", env={"PIDS_FILE": str(pids_file)})
+    seen: dict[str, Any] = {}
+
+    def strike() -> None:
+        family = _family(pids_file)
+        worker = _worker_of(family[0], cluster)
+        seen.update(family=family, worker=worker, at=time.monotonic())
+        os.kill(worker, signal.SIGKILL if how == "SIGKILL" else signal.SIGSTOP)
+
+    striker = threading.Thread(target=strike, daemon=True)
+    striker.start()
+    client = PipesDaskClient(
+        scheduler_address=cluster.address, heartbeat_timeout_seconds=3,
+        termination_timeout_seconds=2,
+    )  # fmt: skip
+    try:
+        result = materialize([family_asset], resources={"dask_pipes": client}, raise_on_error=False)
+        failed_after = time.monotonic() - seen["at"]
+        striker.join(timeout=60)
+        assert not result.success
+        failure = result.failure_data_for_node("family")
+        assert failure is not None and failure.error is not None and failure.error.cause
+        assert failure.error.cause.cls_name == PipesDaskWorkerLostError.__name__
+        if how == "SIGSTOP":
+            assert "stopped responding" in failure.error.cause.message
+        assert failed_after < 20
+        # heartbeat 3 s + grace 2 s + a few seconds; the worker is still stopped meanwhile.
+        for pid in seen["family"]:
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, f"process {pid} to end")
+        if how == "SIGSTOP":
+            assert pid_alive(seen["worker"])
+    finally:
+        if "worker" in seen and how == "SIGSTOP":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(seen["worker"], signal.SIGCONT)
+        for pid in seen.get("family", []):
+            stop_pid(pid)
         close_cached_clients()
         cluster.stop()

@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,10 +33,10 @@ from typing import Any
 from dagster_pipes_ext.remote import dask_compat
 from dagster_pipes_ext.remote.process import (
     StdioDrain,
+    Supervised,
     describe_signal,
     launch_error,
     signal_group,
-    start_process,
 )
 from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION
 from dagster_pipes_ext.remote.tail import LineTail
@@ -89,7 +88,7 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
     heartbeat = Heartbeat(worker, spec["topic"], spec["heartbeat_interval_seconds"])
     workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
     try:
-        _run_session(spec, sender, policy, workdir, outcome)
+        _run_session(spec, sender, policy, heartbeat, workdir, outcome)
         if not policy.abandoned:
             _send_outcome(sender, outcome)
     except ReaderGone:
@@ -225,6 +224,7 @@ class Heartbeat:
 
     def __init__(self, worker: Any, topic: str, interval: float) -> None:
         self._done = threading.Event()
+        self._proc: Supervised | None = None
         self._thread = threading.Thread(
             target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
         )
@@ -236,6 +236,13 @@ class Heartbeat:
             beat += 1
             with contextlib.suppress(Exception):
                 worker.log_event(topic, {HEARTBEAT_KEY: beat})
+            if self._proc is not None:
+                self._proc.heartbeat()
+
+    def attach(self, proc: Supervised) -> None:
+        """Beat for the command's supervisor too (it stops the command when beats stop)."""
+        self._proc = proc
+        proc.heartbeat()
 
     def stop(self) -> None:
         """Stop beating."""
@@ -246,13 +253,18 @@ class Heartbeat:
 
 
 def _run_session(
-    spec: LaunchSpec, sender: Sender, policy: StopPolicy, workdir: str, outcome: LaunchOutcome
+    spec: LaunchSpec,
+    sender: Sender,
+    policy: StopPolicy,
+    heartbeat: Heartbeat,
+    workdir: str,
+    outcome: LaunchOutcome,
 ) -> None:
     """Run the command, filling ``outcome``."""
     env, messages_path = _prepare_files(spec, workdir)
     sender.add(REC_START, {"worker": outcome["worker"], "hostname": outcome["hostname"]})
     try:
-        proc = start_process(spec, env)
+        proc = Supervised(spec, env)
     except OSError as exc:
         outcome["error"] = launch_error(spec, exc)
         sender.note(outcome["error"])
@@ -261,20 +273,20 @@ def _run_session(
     outcome["pid"] = proc.pid
     outcome["started_at"] = time.time()
     stdio = StdioDrain(proc, forward=spec["forward_stdio"])
-    policy.watch(proc.pid, sender)
+    policy.watch(proc, sender)
+    heartbeat.attach(proc)
     tail = LineTail(messages_path, spec["max_batch_bytes"], spec["max_message_bytes"])
     returncode: int | None = None
-    rusage = None
+    usage: dict[str, Any] = {}
     try:
-        returncode, rusage = _pump_until_exit(proc, tail, stdio, policy, sender, spec)
+        returncode, usage = _pump_until_exit(proc, tail, stdio, policy, sender, spec)
     finally:
         outcome["lines"] = tail.lines
         tail.close()
         if returncode is None:
-            signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.kill()  # every descendant, now
         stdio.close()
-    _record_exit(outcome, policy, returncode, rusage, stdio.stderr_tail())
+    _record_exit(outcome, policy, returncode, usage, stdio.stderr_tail())
 
 
 def _prepare_files(spec: LaunchSpec, workdir: str) -> tuple[dict[str, str], str]:
@@ -292,7 +304,7 @@ def _prepare_files(spec: LaunchSpec, workdir: str) -> tuple[dict[str, str], str]
 
 
 def _pump_until_exit(
-    proc: subprocess.Popen[bytes],
+    proc: Supervised,
     tail: LineTail,
     stdio: StdioDrain,
     policy: StopPolicy,
@@ -301,45 +313,54 @@ def _pump_until_exit(
 ) -> tuple[int, Any]:
     """Forward messages and stdio until the command exited and its pipes closed."""
     returncode: int | None = None
-    rusage = None
+    usage: dict[str, Any] = {}
     budget = spec["max_batch_bytes"] * WINDOW_BATCHES
     while True:
         records, more = tail.read(budget)
         sender.add_records(records)
         stdio.drain(sender)
+        _forward_notes(proc, sender)
         sender.flush()
         if returncode is None:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                returncode = proc.returncode = os.waitstatus_to_exitcode(status)
-                rusage = ru
+            # The supervisor reports once the command exited and nothing it started is left.
+            exited = proc.exited()
+            if exited is not None:
+                returncode, usage = exited
                 policy.exited = True
-                # Nothing the command started may outlive it.
-                signal_group(proc.pid, signal.SIGKILL)
         if returncode is not None and not stdio.open:
             sender.add_records(tail.read_rest())
+            _forward_notes(proc, sender)
             sender.flush()
-            return returncode, rusage
+            return returncode, usage
         policy.check()
         if not more:
             stdio.wait(spec["poll_interval_seconds"])
+
+
+def _forward_notes(proc: Supervised, sender: Sender) -> None:
+    """The supervisor's notices, in the run's log."""
+    while not proc.notes.empty():
+        note = proc.notes.get_nowait()
+        if note.startswith("sent SIGKILL to "):  # what the command left behind, or a stubborn one
+            note = f"ended {note.removeprefix('sent SIGKILL to ')} the command left running"
+        sender.note(f"supervisor: {note}")
 
 
 def _record_exit(
     outcome: LaunchOutcome,
     policy: StopPolicy,
     returncode: int | None,
-    rusage: Any,
+    usage: dict[str, Any],
     stderr_tail: str,
 ) -> None:
     outcome["status"] = "stopped" if policy.stop.is_set() else "exited"
     outcome["returncode"] = returncode
     outcome["ended_at"] = time.time()
     outcome["stderr_tail"] = stderr_tail
-    if rusage is not None:
-        outcome["max_rss_kib"] = int(rusage.ru_maxrss)
-        outcome["cpu_user_seconds"] = float(rusage.ru_utime)
-        outcome["cpu_system_seconds"] = float(rusage.ru_stime)
+    if "maxrss_kib" in usage:
+        outcome["max_rss_kib"] = int(usage["maxrss_kib"])
+        outcome["cpu_user_seconds"] = float(usage["utime"])
+        outcome["cpu_system_seconds"] = float(usage["stime"])
     if returncode is not None and returncode < 0:
         outcome["error"] = f"killed by {describe_signal(returncode)}"
 
@@ -363,7 +384,7 @@ class StopPolicy:
         self._grace = spec["termination_timeout_seconds"]
         self._task_key = dask_compat.current_task_key()
         self._kill_at: float | None = None
-        self._pgid: int | None = None
+        self._proc: Supervised | None = None
         self._sender: Sender | None = None
         self.stop = threading.Event()
         self.abandoned = False
@@ -376,9 +397,9 @@ class StopPolicy:
             name="pipes-stop-watch",
         ).start()
 
-    def watch(self, pgid: int, sender: Sender) -> None:
-        """The command started: its process group, and where notices go."""
-        self._pgid = pgid
+    def watch(self, proc: Supervised, sender: Sender) -> None:
+        """The command started: its supervisor, and where notices go."""
+        self._proc = proc
         self._sender = sender
 
     def _watch_stop_event(self, name: str) -> None:
@@ -405,14 +426,14 @@ class StopPolicy:
         """Decide whether to stop now, and signal the process group when it is time."""
         if not self.stop.is_set():
             self._notice_reasons()
-        if self.exited or self._pgid is None:
+        if self.exited or self._proc is None:
             return
         if self.stop.is_set() and self._kill_at is None:
             self._kill_at = time.monotonic() + self._grace
-            signal_group(self._pgid, signal.SIGINT)
+            self._proc.stop()  # SIGINT now; the supervisor kills every process after the grace
             self._note("stop requested: sent SIGINT to the process group")
         if self._kill_at is not None and time.monotonic() >= self._kill_at:
-            signal_group(self._pgid, signal.SIGKILL)
+            signal_group(self._proc.pid, signal.SIGKILL)
             self._note(
                 "process did not exit within termination_timeout_seconds: "
                 "sent SIGKILL to the process group"

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Literal, Protocol
 
+from dagster_pipes_ext.remote.supervisor import supervisor_argv
 from dagster_pipes_ext.remote.wire import REC_STDERR, REC_STDOUT, LaunchSpec
 
 STDERR_TAIL_BYTES = 4096
 PIPE_READ_BYTES = 65536
 PUMP_JOIN_SECONDS = 5.0
+SUPERVISOR_EXIT_SECONDS = 10.0
 DISCARD_POLL_SECONDS = 0.05
 # Pipe reads the launcher holds before the pumps wait (each up to PIPE_READ_BYTES).
 STDIO_QUEUE_CHUNKS = 16
@@ -35,75 +36,106 @@ class RecordSink(Protocol):
 # -- starting -----------------------------------------------------------------------
 
 
-def start_process(spec: LaunchSpec, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start the command in its own process group, stdout/stderr on pipes."""
-    argv, preexec = _with_deathsig(spec["command"], env, spec["cwd"])
-    return subprocess.Popen(
-        argv,
-        cwd=spec["cwd"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if spec["forward_stdio"] else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
+class Supervised:
+    """The command, run under its supervisor (:mod:`.supervisor`), seen from the launcher.
 
+    The supervisor is this process's child; the command is the supervisor's, in a session of
+    its own. Its stdout/stderr are the supervisor's, on pipes (:attr:`stdout`, :attr:`stderr`).
+    The launcher talks to it over two pipes: heartbeats and stop requests in, status lines out
+    (started, notes, the command's exit). When the launcher's process dies, the control pipe's
+    EOF makes the supervisor kill every descendant of the command; when it hangs, the missing
+    heartbeats do, after ``heartbeat_timeout_seconds`` and ``termination_timeout_seconds``.
 
-def _with_deathsig(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[list[str], Any]:
-    """Make the command die with the worker thread that started it (Linux ``PDEATHSIG``).
-
-    Returns the argv to start and a preexec function (or ``None``). util-linux's ``setpriv`` sets
-    the signal and then execs the command, keeping the fast ``vfork`` path of ``subprocess``; a
-    preexec function forces a full ``fork`` of the (large) worker process instead, measured at
-    6.5 ms per launch (against 0.3 ms). The program is resolved first so that a missing command
-    still raises ``FileNotFoundError`` here rather than failing inside ``setpriv``.
+    Raises:
+        OSError: The command could not be started (its ``errno`` says why).
     """
-    if not sys.platform.startswith("linux"):
-        return argv, None
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return argv, _pdeathsig_preexec()
-    if cwd is not None and not os.path.isdir(cwd):
-        raise FileNotFoundError(2, "No such file or directory", cwd)
-    return [
-        setpriv,
-        "--pdeathsig",
-        "KILL",
-        "--",
-        _resolve_program(argv[0], env, cwd),
-        *argv[1:],
-    ], None
 
+    def __init__(self, spec: LaunchSpec, env: dict[str, str]) -> None:
+        control_read, self._control = os.pipe()
+        status_read, status_write = os.pipe()
+        config = {
+            "argv": spec["command"],
+            "cwd": spec["cwd"],
+            "parent_pid": os.getpid(),
+            "control_fd": control_read,
+            "status_fd": status_write,
+            "heartbeat_timeout": spec["heartbeat_timeout_seconds"],
+            "termination_timeout": spec["termination_timeout_seconds"],
+        }
+        try:
+            self.supervisor = subprocess.Popen(
+                supervisor_argv(config),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if spec["forward_stdio"] else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(control_read, status_write),
+            )
+        except OSError:
+            for fd in (control_read, self._control, status_read, status_write):
+                os.close(fd)
+            raise
+        os.close(control_read)
+        os.close(status_write)
+        self.stdout, self.stderr = self.supervisor.stdout, self.supervisor.stderr
+        self._status = os.fdopen(status_read, "rb")
+        self.notes: queue.Queue[str] = queue.Queue()
+        self.exit: dict[str, Any] | None = None
+        self.pid = self._await_start()
+        self._reader = threading.Thread(target=self._read_status, daemon=True, name="pipes-status")
+        self._reader.start()
 
-def _resolve_program(program: str, env: dict[str, str], cwd: str | None) -> str:
-    if os.sep in program:
-        path = os.path.join(cwd or os.getcwd(), program)
-        if not os.path.exists(path):
-            raise FileNotFoundError(2, "No such file or directory", program)
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise PermissionError(13, "Permission denied", program)
-        return path
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise FileNotFoundError(2, "No such file or directory", program)
-    return found
+    def _await_start(self) -> int:
+        line = self._status.readline()  # the supervisor answers within milliseconds
+        status = json.loads(line) if line.strip() else {}
+        if "started" in status:
+            return int(status["started"])
+        self.supervisor.wait(timeout=SUPERVISOR_EXIT_SECONDS)
+        if "error" not in status:
+            raise OSError(0, f"the supervisor exited at once (code {self.supervisor.returncode})")
+        error = {"not_found": FileNotFoundError, "cwd": FileNotFoundError}.get(status["kind"])
+        error = error or {"permission": PermissionError}.get(status["kind"], OSError)
+        raise error(int(status.get("errno") or 0), str(status["error"]))
 
+    def _read_status(self) -> None:
+        for line in self._status:
+            with contextlib.suppress(ValueError):
+                status = json.loads(line)
+                if "note" in status:
+                    self.notes.put(str(status["note"]))
+                elif "returncode" in status:
+                    self.exit = status
+        self._status.close()
 
-def _pdeathsig_preexec() -> Any:
-    """A preexec function that kills the child if the launching worker dies (Linux only)."""
-    try:
-        import ctypes
+    def _send(self, line: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._control, line)
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
+    def heartbeat(self) -> None:
+        """Tell the supervisor the launcher is alive."""
+        self._send(b"hb\n")
 
-    def _preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
+    def stop(self) -> None:
+        """SIGINT to the command's group; SIGKILL to every descendant after the grace period."""
+        self._send(b"stop\n")
 
-    return _preexec
+    def exited(self) -> tuple[int, dict[str, Any]] | None:
+        """The command's exit code and resource usage, once it and its descendants are gone."""
+        if self.supervisor.poll() is None:
+            return None
+        self._reader.join(timeout=SUPERVISOR_EXIT_SECONDS)
+        status = self.exit or {"returncode": -signal.SIGKILL}
+        return int(status["returncode"]), status
+
+    def kill(self) -> None:
+        """Kill every descendant now (the control pipe's EOF) and reap the supervisor."""
+        with contextlib.suppress(OSError):
+            os.close(self._control)
+        try:
+            self.supervisor.wait(timeout=SUPERVISOR_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.supervisor.kill()
+            self.supervisor.wait()
 
 
 def launch_error(spec: LaunchSpec, exc: OSError) -> str:
@@ -136,7 +168,7 @@ class StdioDrain:
     the last :meth:`wait`, which the next :meth:`drain` handles first.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], *, forward: bool) -> None:
+    def __init__(self, proc: Supervised, *, forward: bool) -> None:
         self._forward = forward
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=STDIO_QUEUE_CHUNKS)
         self._stderr: deque[str] = deque()
