@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 # also where PYTHONDONTWRITEBYTECODE keeps Python from caching it.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install dev test lint format bench clean
+.PHONY: install system-packages dev test lint format bench clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -29,12 +29,16 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced
 
+# Debian packages of the real-server tests (Slurm, munge) and the browser test (Chromium).
+system-packages:
+	bash .ci/install-system-packages
+
 dev: install
 	mkdir -p $(DAGSTER_HOME)
 	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m example_project.definitions \
 		-h 127.0.0.1 -p $(PORT)
 
-test: install
+test: install system-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -5,8 +5,14 @@ functions to recognize the context parameter.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+
+from benchmarks.bench import materialization_metadata
+from benchmarks.common import command
+
+TRIVIAL = "bench_trivial"
 
 
 def pipes_asset(name: str, argv: Sequence[str]) -> AssetsDefinition:
@@ -27,6 +33,19 @@ def pipes_asset(name: str, argv: Sequence[str]) -> AssetsDefinition:
         return MaterializeResult(metadata={**(result.metadata or {}), "bench/custom": custom})
 
     return _asset
+
+
+def trivial_asset() -> AssetsDefinition:
+    """The trivial asset: ``external/trivial.py`` opens Pipes and reports one materialization."""
+    return pipes_asset(TRIVIAL, command("trivial.py"))
+
+
+def check_trivial(_name: str, result: Any) -> dict[str, Any]:
+    """A trivial run counts only if its materialization carries the script's metadata."""
+    meta = materialization_metadata(result, TRIVIAL)
+    if meta.get("bench") != "trivial":
+        raise RuntimeError(f"the trivial materialization is missing: {meta}")
+    return {"run_id": result.run_id}
 
 
 def ray_job_asset(name: str, entrypoint: str) -> AssetsDefinition:

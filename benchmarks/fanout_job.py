@@ -12,9 +12,10 @@ Dagster's storage modules (Dagster's documented way to cut step start-up; with t
 ``spawn`` every step re-imports Dagster, 2-3 s of CPU per step, which on 2 cores buries what
 is being compared). ``dagster_pipes_ext`` imports ``distributed`` with the package, so the
 forkserver hands it to every step already loaded; each Dask step still opens its own scheduler
-connection, as it would in a deployment. Step processes re-create the job through ``reconstructable``, so the jobs are
-built by module-level functions. The Dask job takes the scheduler address from resource config
-at launch, so every step connects to the same shared separate cluster.
+connection, as it would in a deployment. Step processes re-create the job through
+``reconstructable``, so the jobs are built by module-level functions. The Dask job takes the
+scheduler address from resource config at launch, so every step connects to the same shared
+separate cluster.
 
 No ``from __future__ import annotations``: Dagster reads the asset functions' annotations.
 """

@@ -12,21 +12,20 @@ import argparse
 import datetime
 import importlib
 import json
-import math
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
-from benchmarks.common import Bench, fmt_rate, print_table, say
+from benchmarks.bench import Bench
+from benchmarks.printing import say
+from benchmarks.targets import evaluate_targets, print_targets
 
-SCENARIOS = ("launch", "throughput", "transport", "latency", "fanout", "hygiene", "ray")
 MODULES = {
     "launch": "benchmarks.scenarios.launch",
     "throughput": "benchmarks.scenarios.throughput",
@@ -36,6 +35,7 @@ MODULES = {
     "hygiene": "benchmarks.scenarios.hygiene",
     "ray": "benchmarks.scenarios.ray_peer",
 }
+SCENARIOS = tuple(MODULES)  # in the order they run
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -94,167 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
     return args
-
-
-# -- targets ------------------------------------------------------------------------------------
-
-
-def _get(results: dict[str, Any], *path: str) -> Any:
-    node: Any = results
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _ratio(results: dict[str, Any], *path: str) -> float | None:
-    return _get(results, *path, "ratio_median_to_subprocess")
-
-
-def _ray_comparison(results: dict[str, Any], client: str) -> float | None:
-    """Median of ``client`` over the median of the Ray peer, both from the Ray scenario."""
-    dask = _get(results, "ray", "clients", client, "summary_seconds", "median")
-    ray = _get(results, "ray", "clients", common.RAY, "summary_seconds", "median")
-    return None if dask is None or ray is None else dask / ray
-
-
-MB = 1_000_000
-
-# (what, target text, value getter, formatter, passes)
-TARGETS: list[
-    tuple[str, str, Callable[[dict], Any], Callable[[Any], str], Callable[[Any], bool]]
-] = [
-    (
-        "launch ratio, embedded cluster",
-        "<= 1.10",
-        lambda r: _ratio(r, "launch", "clients", common.DASK_EMBEDDED),
-        lambda v: f"{v:.3f}",
-        lambda v: v <= 1.10,
-    ),
-    (
-        "launch ratio, separate cluster",
-        "<= 1.20",
-        lambda r: _ratio(r, "launch", "clients", common.DASK_SEPARATE),
-        lambda v: f"{v:.3f}",
-        lambda v: v <= 1.20,
-    ),
-    *[
-        (
-            f"throughput ratio, {kind}, {where}",
-            "<= 1.05",
-            (lambda r, kind=kind, client=client: _ratio(r, "throughput", kind, "clients", client)),
-            lambda v: f"{v:.3f}",
-            lambda v: v <= 1.05,
-        )
-        for kind in ("logs", "custom")
-        for where, client in (
-            ("embedded", common.DASK_EMBEDDED),
-            ("separate", common.DASK_SEPARATE),
-        )
-    ],
-    (
-        "raw transport (launcher -> reader)",
-        ">= 500,000 msg/s",
-        lambda r: _get(r, "transport", "messages_per_second_median"),
-        fmt_rate,
-        lambda v: v >= 500_000,
-    ),
-    (
-        "latency p50, separate cluster",
-        "<= 20 ms",
-        lambda r: _get(r, "latency", "clients", common.DASK_SEPARATE, "summary_seconds", "median"),
-        lambda v: f"{v * 1000:.2f} ms",
-        lambda v: v <= 0.020,
-    ),
-    (
-        "scheduler RSS growth over the hygiene runs",
-        "<= 10 MB",
-        lambda r: _get(r, "hygiene", "rss_growth_bytes"),
-        lambda v: f"{v / MB:+.2f} MB",
-        lambda v: v <= 10 * MB,
-    ),
-    (
-        "session topics left on the scheduler after the hygiene runs",
-        "0",
-        lambda r: _get(r, "hygiene", "pipes_topics_end"),
-        str,
-        lambda v: v == 0,
-    ),
-    (
-        "launch vs PipesRayJobClient, embedded (median / Ray median)",
-        "< 1",
-        lambda r: _ray_comparison(r, common.DASK_EMBEDDED),
-        lambda v: f"{v:.3f}",
-        lambda v: v < 1,
-    ),
-    (
-        "launch vs PipesRayJobClient, separate (median / Ray median)",
-        "< 1",
-        lambda r: _ray_comparison(r, common.DASK_SEPARATE),
-        lambda v: f"{v:.3f}",
-        lambda v: v < 1,
-    ),
-]
-
-
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target with its measured value and whether it is met (``None``: not measured)."""
-    out = []
-    for what, target, get, fmt, passes in TARGETS:
-        value = get(results)
-        measured = value is not None and not (isinstance(value, float) and math.isnan(value))
-        out.append(
-            {
-                "target": what,
-                "goal": target,
-                "value": value,
-                "shown": fmt(value) if measured else "not measured",
-                "met": bool(passes(value)) if measured else None,
-            }
-        )
-    return out
-
-
-def print_targets(targets: list[dict[str, Any]]) -> None:
-    """Print the targets table."""
-    rows = [
-        [
-            t["target"],
-            t["goal"],
-            t["shown"],
-            {True: "met", False: "MISSED", None: "-"}[t["met"]],
-        ]
-        for t in targets
-    ]
-    print_table(["target", "goal", "measured", "status"], rows)
-
-
-# -- transport (written separately) -------------------------------------------------------------
-
-
-def run_transport(bench: Bench) -> dict[str, Any]:
-    """Run ``benchmarks.scenarios.transport.run(reps, quick)`` if that module exists."""
-    title = "Raw transport (worker launcher -> reader, without Dagster's handler)"
-    try:
-        module = importlib.import_module(MODULES["transport"])
-    except ModuleNotFoundError as exc:
-        if exc.name != MODULES["transport"]:
-            raise
-        say("  skipped: benchmarks/scenarios/transport.py does not exist yet")
-        return {"title": title, "skipped": "benchmarks/scenarios/transport.py does not exist"}
-    reps = bench.reps(default=3, quick=2)
-    result = dict(module.run(reps=reps, quick=bench.quick))
-    result.setdefault("title", title)
-    samples = list(result.get("samples_seconds") or [])
-    result.setdefault("summary_seconds", common.summarize(samples))
-    messages = result.get("messages")
-    shown = f"{messages:,}" if isinstance(messages, int) else str(messages)
-    say(
-        f"  figure for the target: {fmt_rate(result.get('messages_per_second_median'))} "
-        f"({shown} messages; {result.get('note') or 'median of the samples'})"
-    )
-    return result
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -326,13 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             say()
             started = time.monotonic()
             try:
-                if name == "transport":
-                    say("== Raw transport (worker launcher -> reader, without Dagster's handler)")
-                    result = run_transport(bench)
-                else:
-                    module = importlib.import_module(module_name)
-                    say(f"== {module.TITLE}")
-                    result = module.run(bench)
+                module = importlib.import_module(module_name)
+                say(f"== {module.TITLE}")
+                result: dict[str, Any] = module.run(bench)
             except (KeyboardInterrupt, DagsterExecutionInterruptedError):
                 raise
             except Exception as exc:

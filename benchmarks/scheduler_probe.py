@@ -1,12 +1,21 @@
-"""Functions run on a Dask scheduler with ``run_on_scheduler`` (shipped by value).
+"""What a Dask scheduler process holds: its RSS, topics, events, tasks, clients, Dask's logs.
 
-Only the standard library is used: the scheduler process cannot import this repository.
+:func:`read_scheduler` is the one reading the scenarios take. Its scheduler half,
+:func:`scheduler_state`, runs on the scheduler (``run_on_scheduler``) and uses only the standard
+library: the scheduler process cannot import this repository, so this module travels by value.
 """
 
 import ctypes
 import gc
 import os
+import sys
+import time
 from typing import Any
+
+import cloudpickle
+import psutil
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def scheduler_state(dask_scheduler=None, collect: bool = True, trim: bool = False) -> dict:
@@ -61,3 +70,16 @@ def scheduler_state(dask_scheduler=None, collect: bool = True, trim: bool = Fals
         "clients": len(getattr(dask_scheduler, "clients", {}) or {}),
         "malloc_trimmed": trimmed,
     }
+
+
+def read_scheduler(
+    dask_client: Any, pid: int, label: str, runs: int, *, trim: bool = False
+) -> dict[str, Any]:
+    """One reading: :func:`scheduler_state` (after a ``gc.collect()``) and the RSS of ``pid``.
+
+    ``pid`` is the scheduler's process (psutil reads its RSS from here, after the collection);
+    ``label`` and ``runs`` say where in the scenario the reading was taken.
+    """
+    state = dask_client.run_on_scheduler(scheduler_state, collect=True, trim=trim)
+    rss = psutil.Process(pid).memory_info().rss
+    return {"label": label, "runs": runs, "rss_bytes": rss, "time": time.time(), **state}

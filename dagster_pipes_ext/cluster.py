@@ -29,6 +29,8 @@ from typing import Any, Literal
 # `start_method: forkserver`) then hands them `distributed` ready to use.
 from distributed import Client, LocalCluster, Worker
 
+from dagster_pipes_ext.remote import dask_compat
+
 SourceKind = Literal["address", "scheduler_file", "cluster_class", "environment", "embedded"]
 # A failed connection attempt is closed within this long, so it never holds process exit back.
 CLOSE_FAILED_SECONDS = 2.0
@@ -155,6 +157,7 @@ class Connection:
         _close_quietly(self.client)
         if self.cluster is not None:
             _close_quietly(self.cluster)
+            dask_compat.silence_closed_gateway(self.cluster)
 
 
 @dataclass
@@ -225,6 +228,16 @@ def resolve_source(
     return ClusterSource("embedded")
 
 
+def _dask_tls_config() -> str:
+    import dask
+
+    config = {
+        "tls": dask.config.get("distributed.comm.tls", {}),
+        "require-encryption": dask.config.get("distributed.comm.require-encryption", None),
+    }
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def _dask_config_address() -> str | None:
     import dask
 
@@ -253,7 +266,8 @@ def get_connection(
         DaskConfigurationError: The source names nothing usable.
     """
     global _cache
-    key = (source, tls)
+    # Keyed by security too: without TLS fields, Dask's own TLS config decides it.
+    key = (source, tls, _dask_tls_config())
     with _lock:
         if _cache.pid != os.getpid():
             # A forked child must not reuse its parent's sockets or event-loop thread.
@@ -297,7 +311,7 @@ def _client(address: Any, tls: TlsSettings, timeout: float, source: ClusterSourc
     if security is not None:
         kwargs["security"] = security
     try:
-        return Client(address, **kwargs)
+        return dask_compat.new_client(lambda: Client(address, **kwargs))
     except TypeError as exc:
         if "TLS expects" in str(exc) or "ssl_context" in str(exc):
             raise DaskConnectionError(

@@ -17,18 +17,10 @@ from typing import Any
 from dagster import execute_job, reconstructable
 
 from benchmarks import fanout_job
-from benchmarks.common import (
-    DASK_SEPARATE,
-    SUBPROCESS,
-    Bench,
-    client_results,
-    dagster_instance,
-    fmt_seconds,
-    measure_interleaved,
-    percentile,
-    print_client_table,
-    say,
-)
+from benchmarks.bench import Bench, client_results, dagster_instance, measure_interleaved
+from benchmarks.common import DASK_SEPARATE, SUBPROCESS
+from benchmarks.printing import fmt_seconds, print_client_table, say
+from benchmarks.stats import percentile
 
 TITLE = "4. Fan-out (16 Pipes steps, multiprocess executor, one run)"
 
@@ -114,7 +106,7 @@ def run(bench: Bench) -> dict[str, Any]:
                 raise RuntimeError(f"{name}: {value['materializations']} materializations")
             return {**value, **step_breakdown(value["run_id"])}
 
-        measured = measure_interleaved(bench, dict.fromkeys(jobs), reps, once, check=check)
+        measured = measure_interleaved(dict.fromkeys(jobs), reps, once, check=check)
     results = client_results(measured)
     print_client_table(results)
     for name, data in measured.items():

@@ -23,37 +23,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import cloudpickle
-import psutil
-
-from benchmarks import scheduler_probe
-from benchmarks.assets import pipes_asset
-from benchmarks.common import (
-    STOP,
-    Bench,
-    SeparateCluster,
-    command,
-    dagster_instance,
-    fmt_seconds,
-    percentile,
-    print_table,
-    say,
-)
+from benchmarks.assets import trivial_asset
+from benchmarks.bench import Bench, dagster_instance
+from benchmarks.common import STOP
+from benchmarks.printing import fmt_seconds, print_table, say
+from benchmarks.scheduler_probe import read_scheduler
+from benchmarks.stats import percentile
+from dagster_pipes_ext_tests.support.cluster_procs import PlainCluster
 
 TITLE = "5. Scheduler hygiene (runs against one long-lived scheduler)"
 WARMUP_RUNS = 10
-
-# The scheduler cannot import this repository: ship the probe by value.
-cloudpickle.register_pickle_by_value(scheduler_probe)
-_PROBE = lambda collect=True, trim=False, dask_scheduler=None: scheduler_probe.scheduler_state(  # noqa: E731
-    dask_scheduler, collect, trim
-)
-
-
-def _reading(dask_client: Any, pid: int, label: str, runs: int, trim: bool = False) -> dict:
-    state = dask_client.run_on_scheduler(_PROBE, collect=True, trim=trim)
-    rss = psutil.Process(pid).memory_info().rss
-    return {"label": label, "runs": runs, "rss_bytes": rss, "time": time.time(), **state}
 
 
 def _print_readings(readings: list[dict[str, Any]], start: dict[str, Any]) -> None:
@@ -100,16 +79,16 @@ def run(bench: Bench) -> dict[str, Any]:
     runs = bench.reps(default=200, quick=20)
     reconnect_runs = 5 if bench.quick else 30
     checkpoint_every = max(1, runs // 4)
-    trivial = pipes_asset("bench_trivial", command("trivial.py"))
+    trivial = trivial_asset()
     say(
         f"  fresh scheduler + 1 worker; phase A: {WARMUP_RUNS} warm-up runs, then {runs} runs "
         f"on one cached connection; phase B: {reconnect_runs} runs with a new connection each"
     )
-    cluster = SeparateCluster.start(nthreads=4, name="hygiene")
+    cluster = PlainCluster.start(nthreads=4, name="bench-hygiene")
     readings: list[dict[str, Any]] = []
     reconnect_readings: list[dict[str, Any]] = []
     durations: list[float] = []
-    pid = cluster.scheduler_pid
+    pid = cluster.scheduler.pid
     try:
         client = PipesDaskClient(scheduler_address=cluster.address)
         dask_client = client.get_dask_client()
@@ -117,29 +96,29 @@ def run(bench: Bench) -> dict[str, Any]:
             for _ in range(WARMUP_RUNS):
                 STOP.check()
                 bench.materialize([trivial], client, instance)
-            readings.append(_reading(dask_client, pid, "A: start", 0))
+            readings.append(read_scheduler(dask_client, pid, "A: start", 0))
             for i in range(1, runs + 1):
                 STOP.check()
                 started = time.perf_counter()
                 bench.materialize([trivial], client, instance)
                 durations.append(time.perf_counter() - started)
                 if i % checkpoint_every == 0 or i == runs:
-                    readings.append(_reading(dask_client, pid, f"A: after {i}", i))
+                    readings.append(read_scheduler(dask_client, pid, f"A: after {i}", i))
                     last = readings[-1]
                     say(
                         f"    {i}/{runs} runs: scheduler RSS {last['rss_bytes'] / 2**20:.1f} MiB, "
                         f"pipes topics {last['topics_pipes']}, all topics {last['topics_total']}"
                     )
-            readings.append(_reading(dask_client, pid, "A: end, trimmed", runs, trim=True))
+            readings.append(read_scheduler(dask_client, pid, "A: end, trimmed", runs, trim=True))
 
             # Phase B: every run on its own connection, closed afterwards.
-            reconnect_readings.append(_reading(dask_client, pid, "B: start", 0))
+            reconnect_readings.append(read_scheduler(dask_client, pid, "B: start", 0))
             for _ in range(reconnect_runs):
                 STOP.check()
                 client.get_dask_client().close()  # the next run connects anew
                 bench.materialize([trivial], client, instance)
             reconnect_readings.append(
-                _reading(
+                read_scheduler(
                     client.get_dask_client(), pid, f"B: after {reconnect_runs}", reconnect_runs
                 )
             )

@@ -12,27 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.assets import pipes_asset
-from benchmarks.common import (
-    CLIENT_LABELS,
-    DASK_EMBEDDED,
-    DASK_SEPARATE,
-    SUBPROCESS,
-    Bench,
-    command,
-    dagster_instance,
-    fmt_ratio,
-    measure_interleaved,
-    percentile,
-    print_table,
-    ratio,
-    say,
-    summarize,
-    user_logs,
-)
+from benchmarks.assets import pipes_asset, trivial_asset
+from benchmarks.bench import Bench, dagster_instance, measure_interleaved, user_logs
+from benchmarks.common import CLIENT_LABELS, PIPES_CLIENTS, SUBPROCESS, command
+from benchmarks.printing import fmt_ratio, print_table, say
+from benchmarks.stats import percentile, ratio, summarize
 
 TITLE = "3. Latency (external write -> handled in the Dagster process)"
-CLIENTS = (SUBPROCESS, DASK_EMBEDDED, DASK_SEPARATE)
 PREFIX = "bench-latency "
 
 
@@ -51,8 +37,8 @@ def run(bench: Bench) -> dict[str, Any]:
     interval = 0.01
     reps = bench.reps(default=2, quick=1)
     latency = pipes_asset("bench_latency", command("latency.py", count, interval))
-    warm = pipes_asset("bench_trivial", command("trivial.py"))
-    clients = bench.clients(CLIENTS)
+    warm = trivial_asset()
+    clients = bench.clients(PIPES_CLIENTS)
     say(
         f"  {count} messages every {interval * 1000:g} ms per run, {reps} runs per client, "
         "interleaved; 1 untimed warm-up run per client first"
@@ -66,7 +52,6 @@ def run(bench: Bench) -> dict[str, Any]:
             return {"run_id": result.run_id, "latencies_seconds": lats}
 
         measured = measure_interleaved(
-            bench,
             clients,
             reps,
             lambda _n, c: bench.materialize([latency], c, instance),

@@ -10,45 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.assets import pipes_asset
-from benchmarks.common import (
-    DASK_EMBEDDED,
-    DASK_SEPARATE,
-    SUBPROCESS,
-    Bench,
-    client_results,
-    command,
-    dagster_instance,
-    materialization_metadata,
-    measure_interleaved,
-    print_client_table,
-    say,
-)
+from benchmarks.assets import check_trivial, trivial_asset
+from benchmarks.bench import Bench, client_results, dagster_instance, measure_interleaved
+from benchmarks.common import PIPES_CLIENTS
+from benchmarks.printing import print_client_table, say
 
 TITLE = "1. Launch overhead (trivial Pipes asset, one materialize() per sample)"
-CLIENTS = (SUBPROCESS, DASK_EMBEDDED, DASK_SEPARATE)
-
-
-def check_trivial(_name: str, result: Any) -> dict[str, Any]:
-    """A trivial run counts only if its materialization carries the script's metadata."""
-    meta = materialization_metadata(result, "bench_trivial")
-    if meta.get("bench") != "trivial":
-        raise RuntimeError(f"the trivial materialization is missing: {meta}")
-    return {"run_id": result.run_id}
 
 
 def run(bench: Bench) -> dict[str, Any]:
     """Time the trivial asset per client, interleaved; return samples and summaries."""
     reps = bench.reps(default=20, quick=3)
-    trivial = pipes_asset("bench_trivial", command("trivial.py"))
-    clients = bench.clients(CLIENTS)
+    trivial = trivial_asset()
+    clients = bench.clients(PIPES_CLIENTS)
     say(f"  {reps} reps per client, interleaved; 1 untimed warm-up run per client first")
     with dagster_instance(bench.instance_kind) as instance:
 
         def once(_name: str, client: Any) -> Any:
             return bench.materialize([trivial], client, instance)
 
-        measured = measure_interleaved(bench, clients, reps, once, check=check_trivial, warmup=once)
+        measured = measure_interleaved(clients, reps, once, check=check_trivial, warmup=once)
     results = client_results(measured)
     print_client_table(results)
     return {

@@ -35,25 +35,12 @@ from typing import Any
 
 import psutil
 
-from benchmarks.assets import pipes_asset, ray_job_asset
-from benchmarks.common import (
-    DASK_EMBEDDED,
-    DASK_SEPARATE,
-    RAY,
-    SUBPROCESS,
-    VENV_BIN,
-    Bench,
-    client_results,
-    command,
-    dagster_instance,
-    free_port,
-    measure_interleaved,
-    print_client_table,
-    say,
-    stop_processes,
-    wait_for,
-)
-from benchmarks.scenarios.launch import check_trivial
+from benchmarks.assets import TRIVIAL, check_trivial, ray_job_asset, trivial_asset
+from benchmarks.bench import Bench, client_results, dagster_instance, measure_interleaved
+from benchmarks.common import PIPES_CLIENTS, RAY, VENV_BIN, command
+from benchmarks.printing import print_client_table, say
+from dagster_pipes_ext_tests.support.cluster_procs import free_port, stop_processes
+from dagster_pipes_ext_tests.support.processes import kill_survivors, wait_for
 
 TITLE = "6. Peer: dagster-ray PipesRayJobClient on a local Ray head (trivial asset)"
 POLL_INTERVAL = 0.1
@@ -164,7 +151,7 @@ class RayHead:
         return [p for p in found.values() if p.is_running()]
 
     def stop(self) -> list[str]:
-        """Stop everything this head started, each by PID; return what was still alive after."""
+        """Stop everything this head started, each by PID; kill and return what was left."""
         family = self.ours()
         if self.proc is not None and self.proc.poll() is None:
             # `ray start --block` shuts the node down on SIGTERM; give it a moment to do so.
@@ -172,11 +159,7 @@ class RayHead:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=20)
         stop_processes([*family, *self.ours()], timeout=10)
-        leftovers = []
-        for p in self.ours():
-            with contextlib.suppress(psutil.Error):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    leftovers.append(f"{p.pid}: {' '.join(p.cmdline())[:120]}")
+        leftovers = kill_survivors(self.ours())
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
@@ -212,9 +195,9 @@ def run(bench: Bench) -> dict[str, Any]:
             f"  Ray head up in {time.monotonic() - started:.1f} s (Job API at "
             f"{head.dashboard_url}, first job {ready:.1f} s)"
         )
-        trivial = pipes_asset("bench_trivial", command("trivial.py"))
-        on_ray = ray_job_asset("bench_trivial", shlex.join(command("trivial.py")))
-        clients: dict[str, Any] = bench.clients((SUBPROCESS, DASK_EMBEDDED, DASK_SEPARATE))
+        trivial = trivial_asset()
+        on_ray = ray_job_asset(TRIVIAL, shlex.join(command("trivial.py")))
+        clients: dict[str, Any] = bench.clients(PIPES_CLIENTS)
         clients[RAY] = None  # made fresh per run (its message reader holds session state)
         say(
             f"  {reps} reps per client, interleaved; 1 untimed warm-up run per client first; "
@@ -233,14 +216,12 @@ def run(bench: Bench) -> dict[str, Any]:
                         return bench.materialize([on_ray], ray_client, instance)
                 return bench.materialize([trivial], client, instance)
 
-            measured = measure_interleaved(
-                bench, clients, reps, once, check=check_trivial, warmup=once
-            )
+            measured = measure_interleaved(clients, reps, once, check=check_trivial, warmup=once)
     finally:
         leftovers = head.stop()
         if leftovers:
             say(
-                "  WARNING: Ray processes still alive after stopping:\n    "
+                "  WARNING: Ray processes still alive after stopping (now killed):\n    "
                 + "\n    ".join(leftovers)
             )
         else:

@@ -19,25 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.assets import pipes_asset
-from benchmarks.common import (
-    DASK_EMBEDDED,
-    DASK_SEPARATE,
-    SUBPROCESS,
+from benchmarks.assets import pipes_asset, trivial_asset
+from benchmarks.bench import (
     Bench,
     InvalidSample,
     client_results,
-    command,
     dagster_instance,
     materialization_metadata,
     measure_interleaved,
-    print_client_table,
-    say,
     user_logs,
 )
+from benchmarks.common import PIPES_CLIENTS, command
+from benchmarks.printing import print_client_table, say
 
 TITLE = "2. Message throughput (context.log and custom messages, whole materialize())"
-CLIENTS = (SUBPROCESS, DASK_EMBEDDED, DASK_SEPARATE)
 
 
 def _framework_errors(instance: Any, run_id: str) -> str:
@@ -56,7 +51,7 @@ def _measure(
     name = f"bench_{kind}"
     script = "logs.py" if kind == "logs" else "custom.py"
     target = pipes_asset(name, command(script, count))
-    warm = pipes_asset("bench_trivial", command("trivial.py"))
+    warm = trivial_asset()
 
     def once(_client_name: str, client: Any) -> Any:
         return bench.materialize([target], client, instance)
@@ -79,9 +74,7 @@ def _measure(
         return {"run_id": result.run_id, "received": received}
 
     say(f"  {kind}: {count:,} messages, {reps} reps per client, interleaved")
-    measured = measure_interleaved(
-        bench, clients, reps, once, check=check, warmup=warmup, retries=3
-    )
+    measured = measure_interleaved(clients, reps, once, check=check, warmup=warmup, retries=3)
     results = client_results(measured, messages=count)
     print_client_table(results, rates=True)
     return {"messages": count, "reps": reps, "clients": results}
@@ -93,7 +86,7 @@ def run(bench: Bench) -> dict[str, Any]:
     custom_count = 5_000 if bench.quick else 100_000
     log_reps = bench.reps(default=2, quick=1)
     custom_reps = bench.reps(default=3, quick=1)
-    clients = bench.clients(CLIENTS)
+    clients = bench.clients(PIPES_CLIENTS)
     say("  1 untimed warm-up run (trivial asset) per client first; counts verified per run")
     parts: dict[str, Any] = {}
     with dagster_instance(bench.instance_kind) as instance:

@@ -22,11 +22,17 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks import common
+from benchmarks.bench import Bench
+from benchmarks.common import DASK_EMBEDDED, DASK_SEPARATE, command
+from benchmarks.printing import fmt_rate, fmt_seconds, print_table, say
+from benchmarks.stats import interleave, summarize
 from dagster_pipes_ext.cluster import close_cached_clients, connection_state, get_dask_client
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
 from dagster_pipes_ext.remote.wire import LaunchSpec, session_names
 from dagster_pipes_ext.task import LaunchTask
+from dagster_pipes_ext_tests.support.cluster_procs import PlainCluster
+
+TITLE = "Raw transport (worker launcher -> reader, without Dagster's handler)"
 
 FULL_MESSAGES = 1_000_000
 QUICK_MESSAGES = 200_000
@@ -60,23 +66,28 @@ def _one_session(dask_client: Any, count: int, parse: bool) -> float:
         dask_client,
         connection_state(dask_client),
         key=f"bench-transport-{names.topic.rsplit('/', 1)[-1]}",
-        topic=names.topic,
-        events=names.events,
+        names=names,
         forward_termination=True,
         termination_timeout_seconds=5.0,
         worker_wait_timeout_seconds=TIMEOUT_SECONDS,
+        heartbeat_timeout_seconds=TIMEOUT_SECONDS,
         restrictions={},
     )
     reader_class = PipesDaskMessageReader if parse else _LineCountingReader
     reader = reader_class(
-        dask_client=dask_client, topic=names.topic, forward_stdio=False, on_end=task.notify_end
+        dask_client=dask_client,
+        topic=names.topic,
+        queue=names.queue,
+        forward_stdio=False,
+        on_end=task.notify_end,
     )
     handler = _CountingHandler()
     spec: LaunchSpec = {
         "topic": names.topic,
+        "queue": names.queue,
         "claim_event": names.claim_event,
         "stop_event": names.stop_event,
-        "command": common.command("transport_writer.py", count),
+        "command": command("transport_writer.py", count),
         "env": {},
         "cwd": None,
         "context_data": {},
@@ -84,35 +95,39 @@ def _one_session(dask_client: Any, count: int, parse: bool) -> float:
         "stop_when_abandoned": True,
         "termination_timeout_seconds": 5.0,
         "max_batch_bytes": 128 * 1024,
+        "max_message_bytes": 64 << 20,
         "poll_interval_seconds": 0.005,
+        "heartbeat_interval_seconds": 1.0,
+        "heartbeat_timeout_seconds": TIMEOUT_SECONDS,
     }
     try:
         with reader.read_messages(handler):  # type: ignore[arg-type]
             start = time.perf_counter()
             outcome = task.run(spec, reader, logging.getLogger(__name__))
+            reader.wait_for_end()
             elapsed = time.perf_counter() - start
     finally:
         task.forget(stop=True)
     if outcome.get("returncode") != 0:
         raise RuntimeError(f"the writer failed: {outcome}")
     got = handler.count if parse else reader.message_count
-    if got != count or reader.lost_batches:
-        raise RuntimeError(f"expected {count} messages, got {got} ({reader.lost_batches} lost)")
+    if got != count or reader.delivery_error() is not None:
+        raise RuntimeError(f"expected {count} messages, got {got} ({reader.delivery_error()})")
     return elapsed
 
 
-def run(reps: int, quick: bool) -> dict[str, Any]:
+def run(bench: Bench) -> dict[str, Any]:
     """Time the raw transport on both cluster kinds and both reader modes."""
-    common.prepare_environment()
-    count = QUICK_MESSAGES if quick else FULL_MESSAGES
-    cluster = common.SeparateCluster.start(name="transport")
-    results: dict[str, Any] = {"messages": count, "variants": {}}
+    reps = bench.reps(default=3, quick=2)
+    count = QUICK_MESSAGES if bench.quick else FULL_MESSAGES
+    cluster = PlainCluster.start(nthreads=4, name="bench-transport")
+    results: dict[str, Any] = {"title": TITLE, "messages": count, "variants": {}}
     try:
         clients = {
-            common.DASK_EMBEDDED: get_dask_client(
+            DASK_EMBEDDED: get_dask_client(
                 None, connect_timeout_seconds=10, embedded_threads_per_worker=4
             ),
-            common.DASK_SEPARATE: get_dask_client(
+            DASK_SEPARATE: get_dask_client(
                 cluster.address, connect_timeout_seconds=10, embedded_threads_per_worker=4
             ),
         }
@@ -120,15 +135,14 @@ def run(reps: int, quick: bool) -> dict[str, Any]:
         samples: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
         for kind, mode in variants:  # warm-up: the launcher reaches each worker once
             _one_session(clients[kind], 1000, mode == "parsed")
-        for rep in range(reps):
-            for kind, mode in variants[rep % len(variants) :] + variants[: rep % len(variants)]:
-                samples[(kind, mode)].append(_one_session(clients[kind], count, mode == "parsed"))
+        for _rep, (kind, mode) in interleave(reps, variants):
+            samples[(kind, mode)].append(_one_session(clients[kind], count, mode == "parsed"))
     finally:
         close_cached_clients()  # before the scheduler goes, or its client tries to reconnect
         cluster.stop()
     rows = []
     for (kind, mode), values in samples.items():
-        summary = common.summarize(values)
+        summary = summarize(values)
         rate = count / summary["median"]
         results["variants"][f"{kind}/{mode}"] = {
             "samples_seconds": values,
@@ -139,19 +153,24 @@ def run(reps: int, quick: bool) -> dict[str, Any]:
             [
                 f"{kind} / {mode}",
                 str(summary["n"]),
-                common.fmt_seconds(summary["min"]),
-                common.fmt_seconds(summary["median"]),
-                common.fmt_rate(rate),
+                fmt_seconds(summary["min"]),
+                fmt_seconds(summary["median"]),
+                fmt_rate(rate),
             ]
         )
-    common.print_table(["cluster / reader mode", "n", "min", "median", "msg/s (median)"], rows)
-    headline = results["variants"][f"{common.DASK_EMBEDDED}/lines"]
+    print_table(["cluster / reader mode", "n", "min", "median", "msg/s (median)"], rows)
+    headline = results["variants"][f"{DASK_EMBEDDED}/lines"]
     results["samples_seconds"] = headline["samples_seconds"]
+    results["summary_seconds"] = headline["summary_seconds"]
     results["messages_per_second_median"] = min(
         results["variants"][f"{kind}/lines"]["messages_per_second_median"] for kind in clients
     )
     results["note"] = (
         "messages_per_second_median is the slower cluster kind in 'lines' mode (to the reader's "
         "per-message step); 'parsed' adds json.loads per message and a no-op handler."
+    )
+    say(
+        f"  figure for the target: {fmt_rate(results['messages_per_second_median'])} "
+        f"({count:,} messages; {results['note']})"
     )
     return results

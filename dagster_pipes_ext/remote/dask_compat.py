@@ -216,6 +216,48 @@ def scheduler_workers(client: Any, timeout: float) -> dict[str, Any]:
     return dict(identity.get("workers", {}))
 
 
+def new_client(factory: Callable[[], Any]) -> Any:
+    """``factory()`` (which builds a ``Client``), discarding a client left half-built by a failure.
+
+    A ``Client`` whose constructor raised still exists, referenced from the exception's
+    traceback, with its event-loop thread; when it is collected, its ``close()`` waits twice the
+    connect timeout for a connection that never was (and can deadlock a client starting
+    meanwhile). Found in the traceback, marked closed and its loop stopped, it costs nothing.
+    """
+    import traceback
+
+    from distributed import Client
+
+    try:
+        return factory()
+    except BaseException as exc:
+        for frame, _line in traceback.walk_tb(exc.__traceback__):
+            client = frame.f_locals.get("self")
+            if isinstance(client, Client) and client.status != "running":
+                _discard(client)
+        raise
+
+
+def _discard(client: Any) -> None:
+    for callback in getattr(client, "_periodic_callbacks", {}).values():
+        callback.stop()
+    client.status = "closed"
+    runner = getattr(client, "_loop_runner", None)
+    if runner is not None:
+        runner.stop()
+
+
+def silence_closed_gateway(cluster: Any) -> None:
+    """Keep a closed dask-gateway cluster's ``Gateway`` from raising when collected.
+
+    ``Gateway.__del__`` calls ``close()`` again, which reads a stopped loop and raises (an
+    unraisable ``RuntimeError`` at some later collection); it skips asynchronous gateways.
+    """
+    gateway = getattr(cluster, "gateway", None)
+    if gateway is not None and hasattr(gateway, "_asynchronous"):
+        gateway._asynchronous = True
+
+
 def scheduler_rpc(client: Any, op: str, timeout: float, **kwargs: Any) -> Any:
     """Call a scheduler handler (e.g. the event extension's) from a synchronous client."""
     scheduler = client.scheduler

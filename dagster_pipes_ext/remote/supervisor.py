@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     import signal
     from typing import Any
 else:
-    # Start-up time: under -S, `import os` costs ~2 ms (its posix half is built in) and
-    # `import signal` ~7 ms (it builds enums), of a ~13 ms interpreter start-up.
+    # Start-up time: under -S, `import os` costs ~2 ms and `import signal` ~7 ms (it builds
+    # enums), of a ~13 ms interpreter start-up; `posix` and `_signal`, which they wrap, are built
+    # in. The names used here are the same.
     try:
         import posix as os
     except ImportError:  # not POSIX: SOURCE can still be read from this module
@@ -51,8 +52,6 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 KILL_PHASE_SECONDS = 5.0  # give up on descendants that SIGKILL cannot end (uninterruptible sleep)
 BACKSTOP_SECONDS = 1.0  # longest sleep: re-check the parent even without PDEATHSIG
-# ignored here (SIGINT) or by Python (SIGPIPE, SIGXFSZ): the command gets the defaults
-_SIGNALS_RESET_FOR_COMMAND = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
 
 # The source the launcher runs with -c; read once, here, so that it travels with this module when
 # the module is pickled by value. Under -c there is no __file__ (and no need for it).
@@ -236,14 +235,15 @@ class _Supervisor:
                 self.error(exc.errno or errno.ENOENT, self.cwd, "cwd")
                 return False
         try:
-            # vfork-fast, with exec errors reported here; handled signals reset themselves
+            # vfork-fast, with exec errors reported here. Signals ignored here (SIGINT) or by
+            # Python (SIGPIPE, SIGXFSZ) get their defaults back; handled ones reset themselves.
             pid = os.posix_spawnp(
                 self.argv[0],
                 self.argv,
-                os.environ,
+                os.environ,  # (posix.environ: as bytes, unchanged)
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)],
                 setsid=True,
-                setsigdef=_SIGNALS_RESET_FOR_COMMAND,
+                setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ),
                 setsigmask=(),
             )
         except OSError as exc:

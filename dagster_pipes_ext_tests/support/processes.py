@@ -94,9 +94,17 @@ class DaskProcesses:
 
 
 def start_scheduler(
-    workdir: Path, dashboard: bool = False, env_overrides: dict[str, str] | None = None
+    workdir: Path,
+    dashboard: bool = False,
+    env_overrides: dict[str, str] | None = None,
+    *,
+    extra_args: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str, int | None]:
-    """Start ``dask scheduler`` on a free loopback port; return (process, address, dash port)."""
+    """Start ``dask scheduler`` on a free loopback port; return (process, address, dash port).
+
+    ``extra_args`` go after the defaults (e.g. ``--protocol tls --tls-ca-file ...``); the
+    scheduler file is ``workdir / "scheduler.json"``.
+    """
     sched_file = workdir / "scheduler.json"
     dash_port = None
     args = [
@@ -114,6 +122,7 @@ def start_scheduler(
     args += ["--dashboard-address", "127.0.0.1:0"]
     if not dashboard:
         args += ["--no-dashboard"]
+    args += extra_args or []
     with open(workdir / "scheduler.log", "wb") as log:
         proc = subprocess.Popen(
             args,
@@ -140,8 +149,12 @@ def start_worker(
     blocked: bool = True,
     tmpdir: str | None = None,
     env_overrides: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen:
-    """Start a ``dask worker`` process (by default one that cannot import dagster)."""
+    """Start a ``dask worker`` process (by default one that cannot import dagster).
+
+    ``extra_args`` go after the defaults (e.g. ``--tls-ca-file ...``).
+    """
     entry = (
         [str(SUPPORT / "blocked_worker.py")] if blocked else ["-m", "distributed.cli.dask_worker"]
     )
@@ -157,11 +170,15 @@ def start_worker(
         "--host",
         "127.0.0.1",
         "--no-dashboard",
+        # Even without a dashboard the worker serves HTTP (health, metrics): loopback, free port.
+        "--dashboard-address",
+        "127.0.0.1:0",
         "--local-directory",
         str(workdir / f"{name}-space"),
     ]
     if resources:
         args += ["--resources", resources]
+    args += extra_args or []
     env = dict(os.environ)
     # The worker must not find the project on its import path either.
     env.pop("PYTHONPATH", None)
