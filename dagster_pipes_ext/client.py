@@ -187,7 +187,7 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         default=0.005, description="How often the launcher checks the message file when idle."
     )
     max_batch_bytes: int = Field(
-        default=128 * 1024,
+        default=512 * 1024,
         description=(
             "Largest batch of messages/stdio in one scheduler call; 8 batches at most are in "
             "flight (a longer message travels in pieces)."
