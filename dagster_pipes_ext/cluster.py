@@ -30,6 +30,7 @@ from typing import Any, Literal
 from distributed import Client, LocalCluster, Worker
 
 from dagster_pipes_ext.remote import dask_compat
+from dagster_pipes_ext.remote.process import close_spare_supervisors
 
 SourceKind = Literal["address", "scheduler_file", "cluster_class", "environment", "embedded"]
 # A failed connection attempt is closed within this long, so it never holds process exit back.
@@ -486,6 +487,8 @@ def close_cached_clients() -> None:
             connection.close()
         _cache.connections.clear()
         _cache.states.clear()
+    # The embedded worker runs in this process, and so do the supervisors it keeps ready.
+    close_spare_supervisors()
 
 
 atexit.register(close_cached_clients)

@@ -9,11 +9,23 @@ is that call. Either way the cluster object carries the gateway's per-cluster TL
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
-def gateway_auth(username: str | None = None, password: str | None = None, auth: Any = None) -> Any:
-    """The ``auth`` argument for dask-gateway: basic auth from a user name and password."""
+def gateway_auth(
+    username: str | None = None,
+    password: str | None = None,
+    auth: Any = None,
+    password_env: str | None = None,
+) -> Any:
+    """The ``auth`` argument for dask-gateway: basic auth from a user name and password.
+
+    ``password_env`` names an environment variable that holds the password, read here, so the
+    password never appears in the resource's (visible) configuration.
+    """
+    if password_env is not None:
+        password = os.environ[password_env]
     if auth is not None or password is None:
         return auth
     from dask_gateway.auth import BasicAuth
@@ -28,6 +40,7 @@ def connect_gateway_cluster(
     proxy_address: str | None = None,
     username: str | None = None,
     password: str | None = None,
+    password_env: str | None = None,
     auth: Any = None,
 ) -> Any:
     """Connect to a running dask-gateway cluster by name.
@@ -38,6 +51,7 @@ def connect_gateway_cluster(
         proxy_address: The gateway's scheduler proxy, if it is not served at ``address``.
         username: For the gateway's basic authentication (with ``password``).
         password: For the gateway's basic authentication.
+        password_env: An environment variable holding that password instead.
         auth: Any other ``dask_gateway`` authentication (``"kerberos"``, ``"jupyterhub"``...).
 
     Returns:
@@ -48,7 +62,7 @@ def connect_gateway_cluster(
     gateway = Gateway(
         address=address,
         proxy_address=proxy_address,
-        auth=gateway_auth(username, password, auth),
+        auth=gateway_auth(username, password, auth, password_env),
     )
     return gateway.connect(cluster_name)
 
@@ -59,6 +73,7 @@ def new_gateway_cluster(
     proxy_address: str | None = None,
     username: str | None = None,
     password: str | None = None,
+    password_env: str | None = None,
     auth: Any = None,
     workers: int = 1,
     **cluster_options: Any,
@@ -70,6 +85,7 @@ def new_gateway_cluster(
         proxy_address: The gateway's scheduler proxy, if it is not served at ``address``.
         username: For the gateway's basic authentication (with ``password``).
         password: For the gateway's basic authentication.
+        password_env: An environment variable holding that password instead.
         auth: Any other ``dask_gateway`` authentication.
         workers: How many workers to scale to at once (adapt_kwargs can take over).
         **cluster_options: The gateway's cluster options.
@@ -79,7 +95,7 @@ def new_gateway_cluster(
     cluster = GatewayCluster(
         address=address,
         proxy_address=proxy_address,
-        auth=gateway_auth(username, password, auth),
+        auth=gateway_auth(username, password, auth, password_env),
         shutdown_on_close=True,
         **cluster_options,
     )

@@ -352,14 +352,18 @@ def gateway_server() -> Iterator[GatewayServer]:
     assert not server.leaked, f"gateway processes survived stop: {server.leaked}"
 
 
-def test_gateway_new_cluster_per_run(gateway_server: GatewayServer, instance) -> None:
-    """cluster_class creates a gateway cluster for the run, with the gateway's own TLS."""
+def test_gateway_new_cluster_per_run(
+    gateway_server: GatewayServer, instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cluster_class creates a gateway cluster for the run, with the gateway's own TLS (and a
+    password read from the environment, not from the resource's configuration)."""
+    monkeypatch.setenv("PIPES_TEST_GATEWAY_PASSWORD", gateway_server.password)
     client = PipesDaskClient(
         cluster_class="dagster_pipes_ext.gateway.new_gateway_cluster",
         cluster_kwargs={
             "address": gateway_server.address,
             "username": gateway_server.username,
-            "password": gateway_server.password,
+            "password_env": "PIPES_TEST_GATEWAY_PASSWORD",
             "workers": 1,
         },
         cluster_lifetime="run",

@@ -51,6 +51,7 @@ def test_scheduler_refusing_run_on_scheduler(tmp_path) -> None:
         scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__BLOCKED_HANDLERS": '["run_function"]'},
     )
     try:
+
         @asset
         def guarded(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
             # Long enough for the launcher's heartbeat to leave events on the session topic.

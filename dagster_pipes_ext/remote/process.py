@@ -7,10 +7,13 @@ import contextlib
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
+import types
 from collections import deque
 from typing import Any, Literal, Protocol
 
@@ -21,6 +24,9 @@ STDERR_TAIL_BYTES = 4096
 PIPE_READ_BYTES = 65536
 PUMP_JOIN_SECONDS = 5.0
 SUPERVISOR_EXIT_SECONDS = 10.0
+SUPERVISOR_START_SECONDS = 30.0
+# Where a worker process keeps its spare supervisors (shared by every launcher it unpickled).
+_SPARES_MODULE = "__dagster_pipes_ext_supervisors__"
 DISCARD_POLL_SECONDS = 0.05
 # Pipe reads the launcher holds before the pumps wait (each up to PIPE_READ_BYTES).
 STDIO_QUEUE_CHUNKS = 16
@@ -51,32 +57,23 @@ class Supervised:
     """
 
     def __init__(self, spec: LaunchSpec, env: dict[str, str]) -> None:
-        control_read, self._control = os.pipe()
-        status_read, status_write = os.pipe()
-        config = {
+        session = {
             "argv": spec["command"],
             "cwd": spec["cwd"],
-            "parent_pid": os.getpid(),
-            "control_fd": control_read,
-            "status_fd": status_write,
             "heartbeat_timeout": spec["heartbeat_timeout_seconds"],
             "termination_timeout": spec["termination_timeout_seconds"],
         }
-        try:
-            self.supervisor = subprocess.Popen(
-                supervisor_argv(config),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if spec["forward_stdio"] else subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=(control_read, status_write),
+        spare = spare_supervisors().take() if spec["forward_stdio"] else None
+        if spare is not None:
+            self.supervisor, self._control, status_read = spare
+            # The session, environment included, as one line: the spare is waiting for it.
+            line = json.dumps({**session, "env": env}).encode() + b"\n"
+            with contextlib.suppress(OSError):
+                os.write(self._control, line)
+        else:
+            self.supervisor, self._control, status_read = _start_supervisor(
+                session, env, forward_stdout=spec["forward_stdio"]
             )
-        except OSError:
-            for fd in (control_read, self._control, status_read, status_write):
-                os.close(fd)
-            raise
-        os.close(control_read)
-        os.close(status_write)
         self.stdout, self.stderr = self.supervisor.stdout, self.supervisor.stderr
         self._status = os.fdopen(status_read, "rb")
         self.notes: queue.Queue[str] = queue.Queue()
@@ -86,7 +83,8 @@ class Supervised:
         self._reader.start()
 
     def _await_start(self) -> int:
-        line = self._status.readline()  # the supervisor answers within milliseconds
+        ready, _, _ = select.select([self._status], [], [], SUPERVISOR_START_SECONDS)
+        line = self._status.readline() if ready else b""  # it answers within milliseconds
         status = json.loads(line) if line.strip() else {}
         if "started" in status:
             return int(status["started"])
@@ -136,6 +134,129 @@ class Supervised:
         except subprocess.TimeoutExpired:
             self.supervisor.kill()
             self.supervisor.wait()
+
+
+def _start_supervisor(
+    session: dict[str, Any],
+    env: dict[str, str] | None,
+    *,
+    forward_stdout: bool,
+    spare: bool = False,
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start a supervisor; return it, the control pipe's write end and the status read end.
+
+    In its own session, so that a signal to the worker's process group cannot kill it and leave
+    the command behind. A ``spare`` one waits for its session on the control pipe.
+    """
+    control_read, control_write = os.pipe()
+    status_read, status_write = os.pipe()
+    config = {
+        **session,
+        "spare": spare,
+        "parent_pid": os.getpid(),
+        "control_fd": control_read,
+        "status_fd": status_write,
+    }
+    try:
+        supervisor = subprocess.Popen(
+            supervisor_argv(config),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if forward_stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(control_read, status_write),
+            start_new_session=True,
+        )
+    except OSError:
+        for fd in (control_read, control_write, status_read, status_write):
+            os.close(fd)
+        raise
+    os.close(control_read)
+    os.close(status_write)
+    return supervisor, control_write, status_read
+
+
+class SpareSupervisors:
+    """One supervisor started ahead of time per worker process, for the next launch.
+
+    A launch then does not wait for a Python interpreter to start (~20 ms). One long-lived
+    thread starts them: a supervisor's ``PDEATHSIG`` fires when the thread that started it
+    ends, and this one lives as long as the worker process. A spare whose session never comes
+    exits at the control pipe's EOF, when the worker process ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spare: tuple[subprocess.Popen[bytes], int, int] | None = None
+        self._wanted = threading.Event()
+        self._wanted.set()
+        self._closed = False
+        threading.Thread(target=self._keep_one, daemon=True, name="pipes-spare-supervisor").start()
+
+    def _keep_one(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._closed:
+                return
+            if self._spare is not None:
+                continue  # one is ready already
+            try:
+                spare = _start_supervisor({}, None, forward_stdout=True, spare=True)
+            except OSError:
+                continue  # the next take() starts its own
+            with self._lock:
+                self._spare = spare
+            if self._closed:
+                self.close()
+
+    def take(self) -> tuple[subprocess.Popen[bytes], int, int] | None:
+        """The spare, if one is ready (and ask for the next)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        self._wanted.set()
+        if spare is not None and spare[0].poll() is not None:
+            os.close(spare[1])
+            os.close(spare[2])
+            return None
+        return spare
+
+    def close(self) -> None:
+        """End the spare (its control pipe's EOF) and start no more."""
+        self._closed = True
+        self._wanted.set()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            os.close(spare[1])
+            os.close(spare[2])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spare[0].wait(timeout=SUPERVISOR_EXIT_SECONDS)
+            for stream in (spare[0].stdout, spare[0].stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def close_spare_supervisors() -> None:
+    """End this process's spare supervisor, if it has one (a process closing its clusters)."""
+    holder = sys.modules.get(_SPARES_MODULE)
+    spares = getattr(holder, "spares", None)
+    if spares is not None:
+        spares.close()
+        del holder.spares  # type: ignore[union-attr]
+
+
+def spare_supervisors() -> SpareSupervisors:
+    """This worker process's spare supervisors (one instance, kept in ``sys.modules``)."""
+    holder = sys.modules.get(_SPARES_MODULE)
+    if holder is None:
+        holder = sys.modules.setdefault(_SPARES_MODULE, types.ModuleType(_SPARES_MODULE))
+    # (Not a module-level lock: this module travels by value, and a lock cannot be pickled.)
+    lock = holder.__dict__.setdefault("lock", threading.Lock())
+    with lock:
+        if not hasattr(holder, "spares"):
+            holder.spares = SpareSupervisors()  # type: ignore[attr-defined]
+    return holder.spares  # type: ignore[attr-defined]
 
 
 def launch_error(spec: LaunchSpec, exc: OSError) -> str:

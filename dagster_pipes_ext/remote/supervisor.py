@@ -158,6 +158,13 @@ class _Supervisor:
     def __init__(self, config: dict[str, Any]) -> None:
         self.argv: list[str] = list(config["argv"])
         self.cwd: str | None = config.get("cwd")
+        # A spare supervisor started ahead of its session gets the command's environment here;
+        # otherwise its own environment is the command's.
+        self.env: Any = (
+            {k.encode(): v.encode() for k, v in config["env"].items()}
+            if config.get("env") is not None
+            else os.environ
+        )
         self.parent_pid: int = int(config.get("parent_pid") or 0)
         self.control_fd: int = int(config["control_fd"])
         self.status_fd: int = int(config["status_fd"])
@@ -223,6 +230,18 @@ class _Supervisor:
         """Whether the launcher's process is gone (this process was re-parented)."""
         return self.parent_pid > 0 and os.getppid() != self.parent_pid
 
+    def program(self) -> str:
+        """The command's program, found on the command's own PATH (as ``execvpe`` would)."""
+        name = self.argv[0]
+        if "/" in name:
+            return name
+        path = self.env.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin").decode()
+        for directory in path.split(":"):
+            candidate = f"{directory or '.'}/{name}"
+            if os.access(candidate, os.X_OK) and not _is_dir(candidate):
+                return candidate
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", name)
+
     def start(self) -> bool:
         """Start the command; report ``started`` or ``error`` and return whether it started."""
         if not self.argv:
@@ -237,10 +256,10 @@ class _Supervisor:
         try:
             # vfork-fast, with exec errors reported here. Signals ignored here (SIGINT) or by
             # Python (SIGPIPE, SIGXFSZ) get their defaults back; handled ones reset themselves.
-            pid = os.posix_spawnp(
-                self.argv[0],
+            pid = os.posix_spawn(
+                self.program(),
                 self.argv,
-                os.environ,  # (posix.environ: as bytes, unchanged)
+                self.env,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)],
                 setsid=True,
                 setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ),
@@ -436,13 +455,37 @@ class _Supervisor:
         )
 
 
+def _is_dir(path: str) -> bool:
+    try:
+        return (os.stat(path).st_mode & 0o170000) == 0o040000
+    except OSError:
+        return False
+
+
+def _read_session(control_fd: int) -> dict[str, Any] | None:
+    """A spare's wait for its session: one JSON line on the control pipe (EOF: none comes)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(control_fd, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    return _loads(data.decode("utf-8"))
+
+
 def main() -> None:
     """Supervise the command that ``sys.argv[1]`` (the JSON config) describes, then exit.
 
     The exit, right after the last status line, skips the interpreter's finalization (~5 ms):
     the supervisor's stdout and stderr, the command's pipes, close as it reports.
     """
-    supervisor = _Supervisor(_loads(sys.argv[1]))
+    config = _loads(sys.argv[1])
+    if config.get("spare"):
+        session = _read_session(int(config["control_fd"]))
+        if session is None:  # the launcher's process ended before a session needed this one
+            os._exit(0)
+        config.update(session)
+    supervisor = _Supervisor(config)
     if not supervisor.setup():
         message = "the launcher exited before the command started"
         supervisor.write({"error": message, "errno": errno.ESRCH, "kind": "other"})
