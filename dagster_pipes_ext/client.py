@@ -6,12 +6,11 @@ import shlex
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetExecutionContext,
-    ConfigurableResource,
     MetadataValue,
     OpExecutionContext,
     PipesClient,
@@ -21,20 +20,10 @@ from dagster import (
 from dagster_pipes import PipesExtras
 from pydantic import Field
 
-from dagster_pipes_ext.cluster import (
-    Connection,
-    ConnectionState,
-    DaskConfigurationError,
-    DaskConnectionError,
-    TlsSettings,
-    connection_state,
-    get_connection,
-    resolve_source,
-)
+from dagster_pipes_ext.cluster import Connection, ConnectionState, connection_state
+from dagster_pipes_ext.connection import DaskConnectionResource
 from dagster_pipes_ext.context_injector import PipesDaskContextInjector, partition_overrides
 from dagster_pipes_ext.errors import (
-    PipesDaskConfigurationError,
-    PipesDaskSchedulerUnreachableError,
     error_for_outcome,
 )
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
@@ -43,13 +32,13 @@ from dagster_pipes_ext.remote.wire import LaunchOutcome, LaunchSpec, session_nam
 from dagster_pipes_ext.task import RPC_TIMEOUT_SECONDS, LaunchTask, dashboard_link
 
 if TYPE_CHECKING:
-    from distributed import Client
+    pass
 
 _MISSING_VALUE = object()
 HEARTBEAT_INTERVAL_SECONDS = 1.0
 
 
-class PipesDaskClient(ConfigurableResource, PipesClient):
+class PipesDaskClient(DaskConnectionResource, PipesClient):
     """A Pipes client that runs a command on a Dask cluster and streams what it reports.
 
     The command (any program, any language) runs on a Dask worker in its own process group. The
@@ -74,62 +63,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             defs = Definitions(assets=[orders], resources={"dask_pipes": PipesDaskClient()})
     """
 
-    scheduler_address: str | None = Field(
-        default=None,
-        description=(
-            "Address of the Dask scheduler, e.g. tcp://127.0.0.1:8786 or tls://... Set at most "
-            "one of scheduler_address, scheduler_file and cluster_class; with none, "
-            "DASK_SCHEDULER_ADDRESS or Dask's scheduler-address config, else the embedded "
-            "in-process cluster."
-        ),
-    )
-    scheduler_file: str | None = Field(
-        default=None,
-        description="A scheduler file (`dask scheduler --scheduler-file`) naming the scheduler.",
-    )
-    cluster_class: str | None = Field(
-        default=None,
-        description=(
-            "Dotted path of a Dask cluster class, or of a callable returning a cluster or a "
-            "distributed.Client, e.g. 'dask_jobqueue.SLURMCluster' or "
-            "'dagster_pipes_ext.gateway.connect_gateway_cluster'."
-        ),
-    )
-    cluster_kwargs: dict[str, Any] | None = Field(
-        default=None, description="Keyword arguments for cluster_class."
-    )
-    adapt_kwargs: dict[str, Any] | None = Field(
-        default=None,
-        description="Arguments of cluster.adapt(...) for a started cluster (minimum, maximum).",
-    )
-    cluster_lifetime: Literal["process", "run"] = Field(
-        default="process",
-        description=(
-            "A cluster_class cluster lives once per process (cached, closed at exit) or is "
-            "started and closed inside each run()."
-        ),
-    )
-    allow_embedded_cluster: bool = Field(
-        default=True,
-        description=(
-            "Fall back to the embedded in-process cluster when no source is set. False: fail "
-            "instead, naming the sources looked at (for deployments where running on the "
-            "Dagster host is wrong)."
-        ),
-    )
-    tls_ca_file: str | None = Field(
-        default=None,
-        description="CA certificate (PEM) the scheduler's certificate is checked with.",
-    )
-    tls_client_cert: str | None = Field(
-        default=None, description="Client certificate (PEM) for a tls:// scheduler."
-    )
-    tls_client_key: str | None = Field(
-        default=None, description="Client private key (PEM) for a tls:// scheduler."
-    )
-    require_encryption: bool | None = Field(
-        default=None, description="Refuse any scheduler connection that is not TLS."
-    )
     env: dict[str, str] | None = Field(
         default=None, description="Environment variables added to the worker's for the command."
     )
@@ -146,9 +79,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
     )
     termination_timeout_seconds: float = Field(
         default=20.0, description="Time between SIGINT and SIGKILL when stopping the command."
-    )
-    connect_timeout_seconds: float = Field(
-        default=10.0, description="How long to wait for the Dask scheduler to answer."
     )
     worker_wait_timeout_seconds: float = Field(
         default=60.0,
@@ -171,16 +101,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
             "How long the launcher may send nothing, not even its heartbeat (every second), "
             "before the worker counts as lost and the step fails; the worker's supervisor then "
             "stops the command on its own."
-        ),
-    )
-    embedded_threads_per_worker: int = Field(
-        default=4, description="Threads (concurrent commands) of the embedded cluster's worker."
-    )
-    embedded_dashboard: bool = Field(
-        default=False,
-        description=(
-            "Serve the embedded cluster's Dask dashboard on 127.0.0.1 (needs bokeh; adds ~1.5 s "
-            "to the cluster's start, and lives as long as the process that started it)."
         ),
     )
     poll_interval_seconds: float = Field(
@@ -219,44 +139,6 @@ class PipesDaskClient(ConfigurableResource, PipesClient):
         ):
             return super()._with_updated_values(values)  # type: ignore[return-value]
         return self.model_copy()
-
-    def get_dask_client(self) -> Client:
-        """Return the (cached) Dask client this resource submits to.
-
-        Raises:
-            PipesDaskSchedulerUnreachableError: The scheduler could not be reached.
-            PipesDaskConfigurationError: The connection fields contradict each other.
-        """
-        return self._connect(cached=True).client
-
-    def _connect(self, *, cached: bool) -> Connection:
-        try:
-            source = resolve_source(
-                scheduler_address=self.scheduler_address,
-                scheduler_file=self.scheduler_file,
-                cluster_class=self.cluster_class,
-                cluster_kwargs=self.cluster_kwargs,
-                adapt_kwargs=self.adapt_kwargs,
-                allow_embedded=self.allow_embedded_cluster,
-            )
-            return get_connection(
-                source,
-                tls=self._tls,
-                connect_timeout_seconds=self.connect_timeout_seconds,
-                embedded_threads_per_worker=self.embedded_threads_per_worker,
-                embedded_dashboard=self.embedded_dashboard,
-                cached=cached,
-            )
-        except DaskConfigurationError as exc:
-            raise PipesDaskConfigurationError(str(exc)) from exc
-        except DaskConnectionError as exc:
-            raise PipesDaskSchedulerUnreachableError(str(exc)) from exc
-
-    @property
-    def _tls(self) -> TlsSettings:
-        return TlsSettings(
-            self.tls_ca_file, self.tls_client_cert, self.tls_client_key, self.require_encryption
-        )
 
     def run(  # type: ignore[override]
         self,

@@ -1,9 +1,4 @@
-"""Where the Dask ``Client`` comes from, and what each connection knows.
-
-One documented precedence (:func:`resolve_source`): an explicit ``scheduler_address``,
-``scheduler_file`` or ``cluster_class`` (setting two is a configuration error), else
-``DASK_SCHEDULER_ADDRESS`` / Dask's ``scheduler-address`` config (what ``distributed.Client()``
-itself honours), else the embedded in-process ``LocalCluster`` (unless refused).
+"""Connecting: the Dask ``Client`` for a source (:mod:`.sources`), and what each connection knows.
 
 Connections are cached per process, keyed by source and security, so consecutive runs in one
 process share one scheduler connection (and one embedded or started cluster). Each connection
@@ -22,7 +17,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 # Imported with the package, not on first use (~0.4 s of CPU): a process that imports the code
 # location before forking its step processes (Dagster's multiprocess executor with
@@ -31,84 +26,23 @@ from distributed import Client, LocalCluster, Worker
 
 from dagster_pipes_ext.remote import dask_compat
 from dagster_pipes_ext.remote.process import close_spare_supervisors
+from dagster_pipes_ext.sources import (
+    ClusterSource,
+    DaskConfigurationError,
+    TlsSettings,
+    dask_tls_config,
+)
 
-SourceKind = Literal["address", "scheduler_file", "cluster_class", "environment", "embedded"]
 # A failed connection attempt is closed within this long, so it never holds process exit back.
 CLOSE_FAILED_SECONDS = 2.0
 
+NO_TLS = TlsSettings()
 _lock = threading.Lock()
 logger = logging.getLogger(__name__)
 
 
 class DaskConnectionError(ConnectionError):
     """The Dask scheduler could not be reached (the message says what to check)."""
-
-
-class DaskConfigurationError(ValueError):
-    """The connection settings contradict each other or name nothing usable."""
-
-
-@dataclass(frozen=True)
-class ClusterSource:
-    """Where a connection comes from.
-
-    Attributes:
-        kind: Which source won (see :func:`resolve_source`).
-        target: The address, scheduler file or cluster class (empty for the embedded cluster).
-        cluster_kwargs: JSON of the cluster class's keyword arguments.
-        adapt_kwargs: JSON of ``cluster.adapt()``'s arguments (``""``: no adaptive scaling).
-    """
-
-    kind: SourceKind
-    target: str = ""
-    cluster_kwargs: str = "{}"
-    adapt_kwargs: str = ""
-
-    def describe(self) -> str:
-        """Say where the cluster came from, for the run's log."""
-        return {
-            "address": f"scheduler_address {self.target}",
-            "scheduler_file": f"scheduler_file {self.target}",
-            "cluster_class": f"cluster_class {self.target}",
-            "environment": f"DASK_SCHEDULER_ADDRESS / Dask config {self.target}",
-            "embedded": "the embedded in-process cluster",
-        }[self.kind]
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """Client-side TLS for the scheduler connection (all paths on the orchestrator)."""
-
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    require_encryption: bool | None = None
-
-    def security(self) -> Any:
-        """A ``distributed.Security`` for these settings, or ``None`` for Dask's own config."""
-        if not any((self.ca_file, self.client_cert, self.client_key, self.require_encryption)):
-            return None
-        from distributed.security import Security
-
-        return Security(
-            tls_ca_file=self.ca_file,
-            tls_client_cert=self.client_cert,
-            tls_client_key=self.client_key,
-            require_encryption=bool(self.require_encryption),
-        )
-
-    def command_env(self) -> dict[str, str]:
-        """Dask's TLS config variables that give the command the same client TLS settings."""
-        prefix = "DASK_DISTRIBUTED__COMM__"
-        env = {
-            f"{prefix}TLS__CA_FILE": self.ca_file,
-            f"{prefix}TLS__CLIENT__CERT": self.client_cert,
-            f"{prefix}TLS__CLIENT__KEY": self.client_key,
-        }
-        out = {k: v for k, v in env.items() if v}
-        if self.require_encryption:
-            out[f"{prefix}REQUIRE_ENCRYPTION"] = "True"
-        return out
 
 
 @dataclass
@@ -172,87 +106,13 @@ class _Cache:
 _cache = _Cache()
 
 
-# -- resolving ----------------------------------------------------------------------------------
-
-
-def resolve_source(
-    *,
-    scheduler_address: str | None = None,
-    scheduler_file: str | None = None,
-    cluster_class: str | None = None,
-    cluster_kwargs: dict[str, Any] | None = None,
-    adapt_kwargs: dict[str, Any] | None = None,
-    allow_embedded: bool = True,
-) -> ClusterSource:
-    """Pick the connection source by the documented precedence.
-
-    Raises:
-        DaskConfigurationError: Two explicit sources, cluster options without a class, or no
-            source while the embedded cluster is refused.
-    """
-    explicit = {
-        "scheduler_address": scheduler_address,
-        "scheduler_file": scheduler_file,
-        "cluster_class": cluster_class,
-    }
-    named = [name for name, value in explicit.items() if value]
-    if len(named) > 1:
-        raise DaskConfigurationError(
-            f"PipesDaskClient has both {named[0]} and {named[1]} set; set only one of "
-            "scheduler_address, scheduler_file and cluster_class."
-        )
-    if (cluster_kwargs or adapt_kwargs) and not cluster_class:
-        raise DaskConfigurationError(
-            "PipesDaskClient has cluster_kwargs/adapt_kwargs but no cluster_class to pass them to."
-        )
-    if scheduler_address:
-        return ClusterSource("address", scheduler_address)
-    if scheduler_file:
-        return ClusterSource("scheduler_file", scheduler_file)
-    if cluster_class:
-        return ClusterSource(
-            "cluster_class",
-            cluster_class,
-            json.dumps(cluster_kwargs or {}, sort_keys=True, default=str),
-            json.dumps(adapt_kwargs, sort_keys=True, default=str) if adapt_kwargs else "",
-        )
-    configured = os.environ.get("DASK_SCHEDULER_ADDRESS") or _dask_config_address()
-    if configured:
-        return ClusterSource("environment", configured)
-    if not allow_embedded:
-        raise DaskConfigurationError(
-            "PipesDaskClient found no Dask cluster and allow_embedded_cluster is False. Looked "
-            "at: scheduler_address, scheduler_file and cluster_class (unset), the "
-            "DASK_SCHEDULER_ADDRESS environment variable (unset) and Dask's scheduler-address "
-            "config (unset). Set one of them."
-        )
-    return ClusterSource("embedded")
-
-
-def _dask_tls_config() -> str:
-    import dask
-
-    config = {
-        "tls": dask.config.get("distributed.comm.tls", {}),
-        "require-encryption": dask.config.get("distributed.comm.require-encryption", None),
-    }
-    return json.dumps(config, sort_keys=True, default=str)
-
-
-def _dask_config_address() -> str | None:
-    import dask
-
-    configured = dask.config.get("scheduler-address", None)
-    return str(configured) if configured else None
-
-
 # -- connecting ---------------------------------------------------------------------------------
 
 
 def get_connection(
     source: ClusterSource,
     *,
-    tls: TlsSettings = TlsSettings(),
+    tls: TlsSettings = NO_TLS,
     connect_timeout_seconds: float,
     embedded_threads_per_worker: int = 4,
     embedded_dashboard: bool = False,
@@ -268,7 +128,7 @@ def get_connection(
     """
     global _cache
     # Keyed by security too: without TLS fields, Dask's own TLS config decides it.
-    key = (source, tls, _dask_tls_config())
+    key = (source, tls, dask_tls_config())
     with _lock:
         if _cache.pid != os.getpid():
             # A forked child must not reuse its parent's sockets or event-loop thread.

@@ -141,7 +141,7 @@ def worker_unresponsive_error(
     """The launcher sent nothing, not even a heartbeat, for longer than the timeout."""
     return PipesDaskWorkerLostError(
         f"The Dask worker running the external process ({worker}) stopped responding: no "
-        f"heartbeat from its launcher for {silent_seconds:.0f}s (heartbeat_timeout_seconds="
+        f"heartbeat from its launcher for {silent_seconds:.1f}s (heartbeat_timeout_seconds="
         f"{timeout:g}). The worker may be hung, stopped or overloaded; its supervisor stops the "
         "command on its own. Add a Dagster RetryPolicy to run it again."
     )

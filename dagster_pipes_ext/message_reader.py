@@ -253,6 +253,12 @@ class PipesDaskMessageReader(PipesMessageReader):
         """The next batch, waiting for it; ``None`` once closing and the queue is empty."""
         while True:
             closing = self._closing.is_set()
+            if self._client.status != "running":
+                # Reconnecting (or gone): a call now would wait out the connect timeout.
+                if closing:
+                    return None
+                time.sleep(RETRY_SECONDS)
+                continue
             try:
                 batch = dask_compat.queue_get(
                     self._client,

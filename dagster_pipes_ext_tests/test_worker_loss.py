@@ -101,8 +101,11 @@ def test_lost_scheduler_fails_step_and_stops_command(tmp_path: Path) -> None:
 
     orphaned = script_asset("orphaned", "term_sleeper.py", env={"PIDS_FILE": str(pids_file)})
 
+    killed_at: list[float] = []
+
     def kill_scheduler() -> None:
         wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the command")
+        killed_at.append(time.monotonic())
         cluster.scheduler.send_signal(signal.SIGKILL)
 
     killer = threading.Thread(target=kill_scheduler, daemon=True)
@@ -110,8 +113,11 @@ def test_lost_scheduler_fails_step_and_stops_command(tmp_path: Path) -> None:
     try:
         client = PipesDaskClient(scheduler_address=cluster.address)
         result = materialize([orphaned], resources={"dask_pipes": client}, raise_on_error=False)
+        failed_after = time.monotonic() - killed_at[0]
         killer.join(timeout=60)
         assert not result.success
+        # Not after the client's 10 s of reconnecting: the reader stops asking a lost scheduler.
+        assert failed_after < 8, f"the step failed {failed_after:.1f}s after the scheduler died"
         failure = result.failure_data_for_node("orphaned")
         assert failure is not None and failure.error is not None and failure.error.cause
         assert failure.error.cause.cls_name == "PipesDaskSchedulerUnreachableError"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 T = TypeVar("T")
+QUEUE_GET_GUARD_SECONDS = 2.0
 
 
 class RunFunctionState(Protocol):
@@ -189,7 +190,14 @@ def queue_get(client: Any, name: str, timeout: float) -> Any:
         QueueMissing: There is no such queue.
     """
     try:
-        record = client.sync(client.scheduler.queue_get, name=name, timeout=timeout)
+        record = client.sync(
+            client.scheduler.queue_get,
+            name=name,
+            timeout=timeout,
+            # A guard against a connection that hangs (the scheduler died): an answer lost this
+            # way is a gap in the sequence numbers, which fails the step.
+            callback_timeout=timeout + QUEUE_GET_GUARD_SECONDS,
+        )
     except KeyError as exc:
         raise QueueMissing(name) from exc
     return record["value"]

@@ -1,0 +1,120 @@
+"""The launcher's two channels to the orchestrator: the data queue and the heartbeat."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dagster_pipes_ext.remote import dask_compat
+from dagster_pipes_ext.remote.wire import HEARTBEAT_KEY, REC_NOTE, EventBatch
+
+if TYPE_CHECKING:
+    from dagster_pipes_ext.remote.process import Supervised
+
+# The size a record counts for in a batch when it carries no text.
+RECORD_OVERHEAD_BYTES = 64
+PUT_SLICE_SECONDS = 0.5  # one wait for room in the data queue, between stop-policy checks
+QUEUE_CREATE_WAIT_SECONDS = 30.0  # how long the data queue may take to appear
+QUEUE_CREATE_POLL_SECONDS = 0.002
+
+
+class ReaderGone(Exception):
+    """The session's data queue was removed: the orchestrator is gone or gave up on it."""
+
+
+class Sender:
+    """Puts ordered, sequence-numbered batches of records into the session's data queue.
+
+    Only the task thread calls it, so batches reach the orchestrator before the task result. A
+    full queue (the reader is behind) blocks :meth:`flush`, calling ``on_blocked`` every
+    :data:`PUT_SLICE_SECONDS` meanwhile; nothing is dropped.
+    """
+
+    def __init__(
+        self, worker: Any, queue: str, max_batch_bytes: int, on_blocked: Callable[[], None]
+    ) -> None:
+        self._worker = worker
+        self._queue = queue
+        self._max_bytes = max_batch_bytes
+        self._on_blocked = on_blocked
+        self._records: list[list[Any]] = []
+        self._size = 0
+        self._queue_seen = False
+        self.last_seq = -1
+
+    def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
+        """Add a record to the current batch; send the batch once it is full."""
+        if self._records and self._size + size > self._max_bytes:
+            self.flush()
+        self._records.append([kind, data])
+        self._size += size
+
+    def add_records(self, records: list[tuple[str, Any, int]]) -> None:
+        """Add records made by the message-file tail."""
+        for kind, data, size in records:
+            self.add(kind, data, size)
+
+    def note(self, text: str) -> None:
+        """Add a launcher notice for the run's log (never sends: safe while blocked)."""
+        self._records.append([REC_NOTE, f"[pipes] {text}"])
+        self._size += RECORD_OVERHEAD_BYTES
+
+    def flush(self) -> None:
+        """Send the current batch, if it holds anything (waiting while the queue is full)."""
+        if not self._records:
+            return
+        batch: EventBatch = {"s": self.last_seq + 1, "r": self._records}
+        created_by = time.monotonic() + QUEUE_CREATE_WAIT_SECONDS
+        while True:
+            try:
+                dask_compat.queue_put(self._worker, self._queue, batch, PUT_SLICE_SECONDS)
+                break
+            except TimeoutError:
+                self._on_blocked()
+            except dask_compat.QueueMissing:
+                # Created by the orchestrator as the task was submitted, and removed when it
+                # gave up on the session.
+                if self._queue_seen or time.monotonic() > created_by:
+                    raise ReaderGone(self._queue) from None
+                time.sleep(QUEUE_CREATE_POLL_SECONDS)
+        self._queue_seen = True
+        self.last_seq += 1
+        self._records = []
+        self._size = 0
+
+
+class Heartbeat:
+    """Tells the orchestrator, every ``interval`` seconds, that this launcher is alive.
+
+    A tiny event on the session topic, from its own thread, so it keeps flowing while the data
+    queue is full; it carries nothing of the command's output.
+    """
+
+    def __init__(self, worker: Any, topic: str, interval: float) -> None:
+        self._done = threading.Event()
+        self._proc: Supervised | None = None
+        self._thread = threading.Thread(
+            target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
+        )
+        self._thread.start()
+
+    def _beat(self, worker: Any, topic: str, interval: float) -> None:
+        beat = 0
+        while not self._done.wait(interval):
+            beat += 1
+            with contextlib.suppress(Exception):
+                worker.log_event(topic, {HEARTBEAT_KEY: beat})
+            if self._proc is not None:
+                self._proc.heartbeat()
+
+    def attach(self, proc: Supervised) -> None:
+        """Beat for the command's supervisor too (it stops the command when beats stop)."""
+        self._proc = proc
+        proc.heartbeat()
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self._done.set()
