@@ -9,7 +9,12 @@ import pytest
 from dagster import AssetExecutionContext, AssetsDefinition, DagsterInstance, asset
 
 from dagster_pipes_ext import PipesDaskClient, close_cached_clients
+from dagster_pipes_ext_tests.support import gateway as gateway_support
+from dagster_pipes_ext_tests.support import slurm as slurm_support
+from dagster_pipes_ext_tests.support.gateway import GatewayServer
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, kill_survivors, start_cluster
+from dagster_pipes_ext_tests.support.slurm import SingleNodeSlurm
+from dagster_pipes_ext_tests.support.tls import TlsCluster, start_tls_cluster
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -92,3 +97,45 @@ def script_asset(name: str, script_name: str, **run_kwargs: Any) -> AssetsDefini
         ).get_materialize_result()
 
     return _asset
+
+
+# -- real servers (Slurm, dask-gateway, TLS), shared by the deployment and smoke tests --------
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SingleNodeSlurm]:
+    """A single-node Slurm (munged, slurmctld, slurmd); its SLURM_CONF is in os.environ."""
+    slurm_support.require_slurm()
+    cluster = SingleNodeSlurm.start()
+    try:
+        with cluster.activate():
+            yield cluster
+    finally:
+        cluster.stop()
+    assert not cluster.leaked, f"Slurm processes survived stop: {cluster.leaked}"
+
+
+@pytest.fixture(scope="session")
+def gateway_server() -> Iterator[GatewayServer]:
+    """A dask-gateway-server with its local backend, on 127.0.0.1."""
+    missing = gateway_support.missing_requirements()
+    if missing:
+        slurm_support.skip_or_fail(f"dask-gateway unavailable: {', '.join(missing)}")
+    server = GatewayServer.start()
+    try:
+        yield server
+    finally:
+        close_cached_clients()
+        server.stop()
+    assert not server.leaked, f"gateway processes survived stop: {server.leaked}"
+
+
+@pytest.fixture(scope="session")
+def tls_cluster() -> Iterator[TlsCluster]:
+    """A tls:// scheduler and one import-blocked TLS worker, with certificates made here."""
+    cluster = start_tls_cluster(1)
+    try:
+        yield cluster
+    finally:
+        close_cached_clients()
+        cluster.stop()

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -20,11 +19,10 @@ from dagster import AssetCheckSpec, AssetExecutionContext, DagsterInstance, asse
 from dagster_pipes_ext import PipesDaskClient, PipesDaskWorkerLostError, close_cached_clients
 from dagster_pipes_ext_tests.conftest import script
 from dagster_pipes_ext_tests.support import gateway as gateway_support
-from dagster_pipes_ext_tests.support import slurm as slurm_support
 from dagster_pipes_ext_tests.support.gateway import GatewayServer
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, wait_for
 from dagster_pipes_ext_tests.support.slurm import SingleNodeSlurm
-from dagster_pipes_ext_tests.support.tls import TlsCluster, start_tls_cluster
+from dagster_pipes_ext_tests.support.tls import TlsCluster
 
 pytestmark = pytest.mark.slow
 
@@ -65,17 +63,6 @@ def _step_error(client: PipesDaskClient) -> tuple[str, str]:
 
 
 # -- TLS ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_cluster() -> Iterator[TlsCluster]:
-    """A tls:// scheduler and one import-blocked TLS worker with 2 threads."""
-    cluster = start_tls_cluster(1)
-    try:
-        yield cluster
-    finally:
-        close_cached_clients()
-        cluster.stop()
 
 
 def _tls_client(cluster: TlsCluster, **fields) -> PipesDaskClient:
@@ -250,19 +237,6 @@ def test_cluster_class_local_cluster(instance: DagsterInstance) -> None:
 # -- Slurm --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[SingleNodeSlurm]:
-    """A single-node Slurm; its SLURM_CONF is in os.environ while the module's tests run."""
-    slurm_support.require_slurm()
-    cluster = SingleNodeSlurm.start()
-    try:
-        with cluster.activate():
-            yield cluster
-    finally:
-        cluster.stop()
-    assert not cluster.leaked, f"Slurm processes survived stop: {cluster.leaked}"
-
-
 def _slurm_client(slurm: SingleNodeSlurm, tmp_path: Path, lifetime: str) -> PipesDaskClient:
     return PipesDaskClient(
         cluster_class="dask_jobqueue.SLURMCluster",
@@ -335,21 +309,6 @@ def test_slurm_cluster_per_run_and_worker_loss(slurm: SingleNodeSlurm, tmp_path:
 
 
 # -- dask-gateway -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway_server() -> Iterator[GatewayServer]:
-    """A dask-gateway-server with its local backend, on 127.0.0.1."""
-    missing = gateway_support.missing_requirements()
-    if missing:
-        slurm_support.skip_or_fail(f"dask-gateway unavailable: {', '.join(missing)}")
-    server = GatewayServer.start()
-    try:
-        yield server
-    finally:
-        close_cached_clients()
-        server.stop()
-    assert not server.leaked, f"gateway processes survived stop: {server.leaked}"
 
 
 def test_gateway_new_cluster_per_run(

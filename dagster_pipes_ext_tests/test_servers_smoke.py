@@ -21,8 +21,6 @@ from distributed import Client, Security
 
 from dagster_pipes_ext import PipesDaskClient, close_cached_clients
 from dagster_pipes_ext_tests.conftest import script_asset
-from dagster_pipes_ext_tests.support import gateway as gateway_support
-from dagster_pipes_ext_tests.support import slurm as slurm_support
 from dagster_pipes_ext_tests.support.gateway import GatewayServer, close_quietly
 from dagster_pipes_ext_tests.support.slurm import SingleNodeSlurm
 from dagster_pipes_ext_tests.support.tls import TlsCluster, start_tls_cluster
@@ -64,19 +62,6 @@ def _dead_tcp_address() -> str:
 
 
 # --- Slurm -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[SingleNodeSlurm]:
-    """A single-node Slurm; its SLURM_CONF is in os.environ while the module's tests run."""
-    slurm_support.require_slurm()
-    cluster = SingleNodeSlurm.start()
-    try:
-        with cluster.activate():
-            yield cluster
-    finally:
-        cluster.stop()
-    assert not cluster.leaked, f"Slurm processes survived stop: {cluster.leaked}"
 
 
 @pytest.fixture(scope="module")
@@ -151,19 +136,6 @@ def test_slurm_scancel_kills_the_job(slurm: SingleNodeSlurm) -> None:
 # --- dask-gateway ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gateway_server() -> Iterator[GatewayServer]:
-    missing = gateway_support.missing_requirements()
-    if missing:
-        slurm_support.skip_or_fail(f"dask-gateway unavailable: {', '.join(missing)}")
-    server = GatewayServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.leaked, f"gateway processes survived stop: {server.leaked}"
-
-
 def test_gateway_cluster_and_reconnect_by_name(gateway_server: GatewayServer) -> None:
     first = gateway_server.gateway()
     second = gateway_server.gateway()
@@ -197,15 +169,6 @@ def test_gateway_cluster_and_reconnect_by_name(gateway_server: GatewayServer) ->
 
 
 # --- TLS ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_cluster() -> Iterator[TlsCluster]:
-    cluster = start_tls_cluster(1)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,15 @@ otherwise it ticks until stopped (10 minutes at most).
 """
 
 import os
-import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from dagster_pipes import open_dagster_pipes
 
-
-def _daemon() -> int:
-    """Double fork + setsid: the daemon is nobody's child once its parent exits."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.setsid()
-        if os.fork() == 0:
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_IGN)
-            os.write(write_end, str(os.getpid()).encode())
-            os.close(write_end)
-            time.sleep(600)
-            os._exit(0)
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    return int(os.read(read_end, 32))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dagster_pipes_ext_tests" / "scripts"))
+from _family import double_fork_daemon
 
 
 def _write(path: str, text: str) -> None:
@@ -43,7 +28,7 @@ def _write(path: str, text: str) -> None:
 
 ticks = int(os.environ.get("TICKS", "60000"))
 with open_dagster_pipes() as context:
-    daemon = _daemon()
+    daemon = double_fork_daemon()
     # `sh` -> `sleep`: a child with a grandchild of its own.
     shell = subprocess.Popen(["sh", "-c", "sleep 600 & wait"])
     deadline = time.monotonic() + 10

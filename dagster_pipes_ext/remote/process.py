@@ -63,7 +63,8 @@ class Supervised:
             "heartbeat_timeout": spec["heartbeat_timeout_seconds"],
             "termination_timeout": spec["termination_timeout_seconds"],
         }
-        spare = spare_supervisors().take() if spec["forward_stdio"] else None
+        spares = spare_supervisors()
+        spare = spares.take() if spec["forward_stdio"] else None
         if spare is not None:
             self.supervisor, self._control, status_read = spare
             # The session, environment included, as one line: the spare is waiting for it.
@@ -78,7 +79,10 @@ class Supervised:
         self._status = os.fdopen(status_read, "rb")
         self.notes: queue.Queue[str] = queue.Queue()
         self.exit: dict[str, Any] | None = None
-        self.pid = self._await_start()
+        try:
+            self.pid = self._await_start()
+        finally:
+            spares.replenish()
         self._reader = threading.Thread(target=self._read_status, daemon=True, name="pipes-status")
         self._reader.start()
 
@@ -211,15 +215,18 @@ class SpareSupervisors:
                 self.close()
 
     def take(self) -> tuple[subprocess.Popen[bytes], int, int] | None:
-        """The spare, if one is ready (and ask for the next)."""
+        """The spare, if one is ready."""
         with self._lock:
             spare, self._spare = self._spare, None
-        self._wanted.set()
         if spare is not None and spare[0].poll() is not None:
             os.close(spare[1])
             os.close(spare[2])
             return None
         return spare
+
+    def replenish(self) -> None:
+        """Start the next spare (after a command started: not while it competes for the CPU)."""
+        self._wanted.set()
 
     def close(self) -> None:
         """End the spare (its control pipe's EOF) and start no more."""

@@ -156,20 +156,10 @@ class _Supervisor:
     """One command's supervision, from its start to its report."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.argv: list[str] = list(config["argv"])
-        self.cwd: str | None = config.get("cwd")
-        # A spare supervisor started ahead of its session gets the command's environment here;
-        # otherwise its own environment is the command's.
-        self.env: Any = (
-            {k.encode(): v.encode() for k, v in config["env"].items()}
-            if config.get("env") is not None
-            else os.environ
-        )
+        self.configure(config)
         self.parent_pid: int = int(config.get("parent_pid") or 0)
         self.control_fd: int = int(config["control_fd"])
         self.status_fd: int = int(config["status_fd"])
-        self.heartbeat_timeout = float(config.get("heartbeat_timeout") or 0)
-        self.termination_timeout = float(config.get("termination_timeout") or 0)
         self.prctl = _prctl_address()
         self.subreaper = False
         self.wakeup_fd = -1
@@ -178,9 +168,47 @@ class _Supervisor:
         self.rusage: Any = None
         self.reason: str | None = None
         self.kill_at: float | None = None
-        self.last_heard = time.monotonic()
         self.control_buffer = b""
         self.killed: set[int] = set()
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """The session: the command, its cwd and environment, the timeouts."""
+        self.argv: list[str] = list(config.get("argv") or [])
+        self.cwd: str | None = config.get("cwd")
+        # A spare supervisor started ahead of its session gets the command's environment here;
+        # otherwise its own environment is the command's.
+        self.env: Any = (
+            {k.encode(): v.encode() for k, v in config["env"].items()}
+            if config.get("env") is not None
+            else os.environ
+        )
+        self.heartbeat_timeout = float(config.get("heartbeat_timeout") or 0)
+        self.termination_timeout = float(config.get("termination_timeout") or 0)
+        self.last_heard = time.monotonic()
+
+    def await_session(self) -> bool:
+        """A spare, set up already, waits for its session on the control pipe.
+
+        Returns False when none comes: the control pipe's EOF, or the launcher's process gone.
+        """
+        poller = select.poll()
+        poller.register(self.control_fd, select.POLLIN)
+        poller.register(self.wakeup_fd, select.POLLIN)
+        data = b""
+        while not data.endswith(b"\n"):
+            poller.poll(int(BACKSTOP_SECONDS * 1000))
+            self.drain_signals()
+            if self.parent_gone():
+                return False
+            try:
+                chunk = os.read(self.control_fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return False
+            data += chunk
+        self.configure(_loads(data.decode("utf-8")))
+        return True
 
     # -- reporting ------------------------------------------------------------------
 
@@ -462,17 +490,6 @@ def _is_dir(path: str) -> bool:
         return False
 
 
-def _read_session(control_fd: int) -> dict[str, Any] | None:
-    """A spare's wait for its session: one JSON line on the control pipe (EOF: none comes)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(control_fd, 65536)
-        if not chunk:
-            return None
-        data += chunk
-    return _loads(data.decode("utf-8"))
-
-
 def main() -> None:
     """Supervise the command that ``sys.argv[1]`` (the JSON config) describes, then exit.
 
@@ -480,15 +497,13 @@ def main() -> None:
     the supervisor's stdout and stderr, the command's pipes, close as it reports.
     """
     config = _loads(sys.argv[1])
-    if config.get("spare"):
-        session = _read_session(int(config["control_fd"]))
-        if session is None:  # the launcher's process ended before a session needed this one
-            os._exit(0)
-        config.update(session)
     supervisor = _Supervisor(config)
+    # A spare sets up before its session comes: the launch waits only for the command's start.
     if not supervisor.setup():
         message = "the launcher exited before the command started"
         supervisor.write({"error": message, "errno": errno.ESRCH, "kind": "other"})
+    elif config.get("spare") and not supervisor.await_session():
+        pass  # the launcher's process ended before a session needed this one
     elif supervisor.start():
         try:
             supervisor.supervise()

@@ -9,33 +9,14 @@ import signal
 import subprocess
 import time
 
+from _family import double_fork_daemon  # (this script's directory is on sys.path)
 from dagster_pipes import open_dagster_pipes
-
-
-def _daemon() -> int:
-    """Double fork + setsid: the daemon is nobody's child once its parent exits."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.setsid()
-        if os.fork() == 0:
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_IGN)
-            os.write(write_end, str(os.getpid()).encode())
-            os.close(write_end)
-            time.sleep(600)
-            os._exit(0)
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    return int(os.read(read_end, 32))
-
 
 if os.environ.get("IGNORE_SIGINT") == "1":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 with open_dagster_pipes() as context:
-    daemon = _daemon()
+    daemon = double_fork_daemon()
     # `sh` → `sleep`: a child with a grandchild of its own.
     shell = subprocess.Popen(["sh", "-c", "sleep 600 & wait"])
     deadline = time.monotonic() + 10

@@ -5,6 +5,7 @@ address and the flood size come from run config, so every step uses the same sep
 No ``from __future__ import annotations``: Dagster reads the asset functions' annotations.
 """
 
+import os
 from pathlib import Path
 
 from dagster import (
@@ -19,7 +20,8 @@ from dagster import (
 
 from dagster_pipes_ext import PipesDaskClient
 
-STEPS = 8
+# The test runs 8; the load benchmark (benchmarks/load.py) sets more, for step processes too.
+STEPS = int(os.environ.get("PIPES_LOAD_STEPS", "8"))
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "log_flood.py"
 PRELOAD = [__name__, "dagster._core.storage.event_log.sqlite"]
 
