@@ -1,4 +1,4 @@
-"""Shared by the fault scripts (imported from their own directory): a double-forked daemon."""
+"""Shared by the scripts that leave a daemon behind (imported from their own directory)."""
 
 import os
 import signal

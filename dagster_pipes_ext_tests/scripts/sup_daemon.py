@@ -11,25 +11,13 @@ import signal
 import sys
 import time
 
+from _family import double_fork_daemon  # (this script's directory is on sys.path)
+
 pids_file, mode = sys.argv[1], sys.argv[2]
 if mode == "ignore":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-read_end, write_end = os.pipe()
-child = os.fork()
-if child == 0:
-    os.setsid()
-    if os.fork() == 0:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        os.write(write_end, str(os.getpid()).encode())
-        os.close(write_end)
-        time.sleep(300)
-        os._exit(0)
-    os._exit(0)
-os.close(write_end)
-os.waitpid(child, 0)
-daemon = int(os.read(read_end, 32))
+daemon = double_fork_daemon()
 
 with open(pids_file + ".tmp", "w") as f:
     f.write(f"{os.getpid()} {daemon}")
