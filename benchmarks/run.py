@@ -34,6 +34,7 @@ MODULES = {
     "fanout": "benchmarks.scenarios.fanout",
     "hygiene": "benchmarks.scenarios.hygiene",
     "ray": "benchmarks.scenarios.ray_peer",
+    "flood": "benchmarks.scenarios.flood",
 }
 SCENARIOS = tuple(MODULES)  # in the order they run
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a ~2-minute smoke run with tiny sizes and few reps (figures indicative only)",
+        help="a ~3-minute smoke run with tiny sizes and few reps (figures indicative only)",
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results path (default: {DEFAULT_OUT})"
@@ -85,6 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="level of Dagster's console logger in the benchmarked runs (default WARNING, so "
         "runs do not print every event; the event log gets everything regardless)",
     )
+    parser.add_argument(
+        "--flood-log-lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="context.log lines of the flood scenario's log workload (default 2,000,000; "
+        "5,000 with --quick). Dagster writes each to the SQLite event log at ~200-500 per "
+        "second here, so the default takes about 1-3 hours per client",
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
@@ -93,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.only = [s for s in SCENARIOS if s in chosen]
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.flood_log_lines is not None and args.flood_log_lines < 1:
+        parser.error("--flood-log-lines must be at least 1")
     return args
 
 
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "instance": args.instance,
             "console_log_level": args.console_log_level,
+            "flood_log_lines": args.flood_log_lines,
             "environment_changes": env_changes,
         },
         "machine": machine,
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             try:
                 module = importlib.import_module(module_name)
+                configure = getattr(module, "configure", None)
+                if configure is not None:  # a scenario's own command-line options
+                    configure(args)
                 say(f"== {module.TITLE}")
                 result: dict[str, Any] = module.run(bench)
             except (KeyboardInterrupt, DagsterExecutionInterruptedError):

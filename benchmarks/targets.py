@@ -75,6 +75,19 @@ def _median(client: str) -> tuple[str, ...]:
     return ("clients", client, "summary_seconds", "median")
 
 
+def _flood(part: str, *path: str, variant: str = DASK_SEPARATE) -> tuple[str, ...]:
+    return (part, "clients", variant, *path)
+
+
+def _flood_rss(
+    part: str, process: str, figure: str = "growth_bytes", variant: str = DASK_SEPARATE
+) -> tuple[str, ...]:
+    return _flood(part, "rss", process, figure, variant=variant)
+
+
+FLOOD_READER_ONLY = "reader-only"  # the flood scenario's launcher -> reader variant
+
+
 RATIO_KEY = "ratio_median_to_subprocess"
 
 # fmt: off
@@ -128,6 +141,59 @@ TARGETS = (
     Target(
         "launch vs PipesRayJobClient, separate (median / Ray median)",
         "ray", _median(DASK_SEPARATE), "<", "1", per=_median(RAY),
+    ),
+    Target(
+        "flood stdout (1 GiB): scheduler peak RSS growth",
+        "flood", _flood_rss("stdout", "scheduler"), "<=", "64", MB,
+    ),
+    Target(
+        "flood stdout (1 GiB): worker peak RSS growth",
+        "flood", _flood_rss("stdout", "worker"), "<=", "64", MB,
+    ),
+    Target(
+        "flood stdout (1 GiB): orchestrator peak RSS growth",
+        "flood", _flood_rss("stdout", "orchestrator"), "<=", "64", MB,
+    ),
+    Target(
+        "flood stdout (1 GiB): scheduler RSS after the run - before",
+        "flood", _flood_rss("stdout", "scheduler", "after_growth_bytes"), "<=", "16", MB,
+    ),
+    Target(
+        "flood stdout (1 GiB): lines not delivered",
+        "flood", _flood("stdout", "lost"), "==", "0", COUNT,
+    ),
+    Target(
+        "flood logs: scheduler peak RSS growth",
+        "flood", _flood_rss("logs", "scheduler"), "<=", "64", MB,
+    ),
+    Target(
+        "flood logs: worker peak RSS growth",
+        "flood", _flood_rss("logs", "worker"), "<=", "64", MB,
+    ),
+    Target(
+        "flood logs: orchestrator peak RSS growth",
+        "flood", _flood_rss("logs", "orchestrator"), "<=", "64", MB,
+    ),
+    Target(
+        "flood logs: scheduler RSS after the run - before",
+        "flood", _flood_rss("logs", "scheduler", "after_growth_bytes"), "<=", "16", MB,
+    ),
+    Target(
+        "flood logs: log lines not delivered",
+        "flood", _flood("logs", "lost"), "==", "0", COUNT,
+    ),
+    Target(
+        "flood message (48 MiB): orchestrator peak RSS growth / message size",
+        "flood", _flood_rss("message", "orchestrator"), "<=", "3", per=("message", "units"),
+    ),
+    Target(
+        "flood message (48 MiB), reader only: orchestrator peak RSS growth / message size",
+        "flood", _flood_rss("message", "orchestrator", variant=FLOOD_READER_ONLY), "<=", "3",
+        per=("message", "units"),
+    ),
+    Target(
+        "flood message (48 MiB): message not delivered",
+        "flood", _flood("message", "lost"), "==", "0", COUNT,
     ),
 )
 # fmt: on

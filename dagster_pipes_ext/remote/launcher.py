@@ -221,7 +221,15 @@ def _pump_until_exit(
                 returncode, usage = exited
                 policy.exited = True
         if returncode is not None and not stdio.open:
-            sender.add_records(tail.read_rest())
+            # The backlog a slow reader left in the file, one budget at a time (bounded memory),
+            # then the unterminated last line, if any.
+            more = True
+            while more:
+                sender.flush()
+                records, more = tail.read(budget)
+                sender.add_records(records)
+                stdio.drain(sender)
+            sender.add_records(tail.read_rest())  # the writers are gone: at most the last line
             _forward_notes(proc, sender)
             sender.flush()
             return returncode, usage

@@ -67,7 +67,10 @@ class LineTail:
         return records, True
 
     def read_rest(self) -> list[Record]:
-        """Everything left at end of stream, including an unterminated last line."""
+        """Everything left at end of stream, including an unterminated last line.
+
+        Read the backlog with :meth:`read` first: this reads to the end in one call.
+        """
         records: list[Record] = []
         more = True
         while more:
