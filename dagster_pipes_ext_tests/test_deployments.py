@@ -20,9 +20,10 @@ from dagster_pipes_ext import PipesDaskClient, PipesDaskWorkerLostError, close_c
 from dagster_pipes_ext_tests.conftest import script
 from dagster_pipes_ext_tests.support import gateway as gateway_support
 from dagster_pipes_ext_tests.support.gateway import GatewayServer
-from dagster_pipes_ext_tests.support.processes import DaskProcesses, wait_for
+from dagster_pipes_ext_tests.support.processes import DaskProcesses, pid_alive, wait_for
 from dagster_pipes_ext_tests.support.slurm import SingleNodeSlurm
 from dagster_pipes_ext_tests.support.tls import TlsCluster
+from dagster_pipes_ext_tests.test_termination import _interrupt_run
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +167,17 @@ def test_failed_connect_does_not_delay_process_exit(tls_cluster: TlsCluster) -> 
     assert elapsed < 8, f"exit took {elapsed:.1f}s"
 
 
+def test_tls_termination_stops_the_command(tls_cluster: TlsCluster, tmp_path: Path) -> None:
+    """Terminating a run on the TLS cluster stops the command and its child on the worker."""
+    pid, grandchild, out = _interrupt_run(
+        tmp_path, tls_cluster.address, ignore_sigint=False, timeout=3,
+        extra_env=tls_cluster.certs.client_env(),
+    )  # fmt: skip
+    wait_for(lambda: not pid_alive(pid), 15, f"external process {pid} to end")
+    wait_for(lambda: not pid_alive(grandchild), 15, f"grandchild {grandchild} to end")
+    assert "[pipes] execution interrupted" in out
+
+
 # -- scheduler file, precedence, no silent fallback ---------------------------------------------
 
 
@@ -271,6 +283,24 @@ def test_slurm_cluster_once_per_process(slurm: SingleNodeSlurm, tmp_path: Path, 
     assert first["check_passed"] and first["metadata"]["cluster_sum"] == 6
     assert first["cluster"] == second["cluster"]
     assert not slurm.cancel_all(), "the worker job outlived the cluster"
+
+
+def test_slurm_termination_stops_the_command(slurm: SingleNodeSlurm, tmp_path: Path) -> None:
+    """Terminating a run whose command runs in a Slurm job stops it and its child there."""
+    from dask_jobqueue import SLURMCluster
+
+    kwargs = dict(_slurm_client(slurm, tmp_path, "process").cluster_kwargs or {})
+    cluster = SLURMCluster(**kwargs)
+    try:
+        pid, grandchild, out = _interrupt_run(
+            tmp_path, cluster.scheduler_address, ignore_sigint=False, timeout=3
+        )
+        wait_for(lambda: not pid_alive(pid), 15, f"external process {pid} to end")
+        wait_for(lambda: not pid_alive(grandchild), 15, f"grandchild {grandchild} to end")
+        assert "[pipes] execution interrupted" in out
+    finally:
+        cluster.close()
+        assert not slurm.cancel_all(), "the worker job outlived the cluster"
 
 
 def test_slurm_cluster_per_run_and_worker_loss(slurm: SingleNodeSlurm, tmp_path: Path, instance):

@@ -35,12 +35,14 @@ def _interrupt_run(
     ignore_sigint: bool,
     timeout: float,
     sig: signal.Signals = signal.SIGINT,
+    extra_env: dict[str, str] | None = None,
 ):
     pids_file = tmp_path / "pids"
     env = {
         **os.environ,
         "PIDS_FILE": str(pids_file),
         "IGNORE_SIGINT": "1" if ignore_sigint else "0",
+        **(extra_env or {}),
     }
     driver = subprocess.Popen(
         [sys.executable, script("term_driver.py"), address, str(timeout)],

@@ -26,6 +26,7 @@ from benchmarks.bench import Bench
 from benchmarks.common import DASK_EMBEDDED, DASK_SEPARATE, command
 from benchmarks.printing import fmt_rate, fmt_seconds, print_table, say
 from benchmarks.stats import interleave, summarize
+from dagster_pipes_ext import PipesDaskClient
 from dagster_pipes_ext.cluster import close_cached_clients, connection_state, get_dask_client
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
 from dagster_pipes_ext.remote.wire import LaunchSpec, session_names
@@ -94,7 +95,7 @@ def _one_session(dask_client: Any, count: int, parse: bool) -> float:
         "forward_stdio": False,
         "stop_when_abandoned": True,
         "termination_timeout_seconds": 5.0,
-        "max_batch_bytes": 128 * 1024,
+        "max_batch_bytes": PipesDaskClient().max_batch_bytes,
         "max_message_bytes": 64 << 20,
         "poll_interval_seconds": 0.005,
         "heartbeat_interval_seconds": 1.0,
