@@ -79,10 +79,12 @@ class Supervised:
         self._status = os.fdopen(status_read, "rb")
         self.notes: queue.Queue[str] = queue.Queue()
         self.exit: dict[str, Any] | None = None
+        self._spares = spares
         try:
             self.pid = self._await_start()
-        finally:
+        except BaseException:
             spares.replenish()
+            raise
         self._reader = threading.Thread(target=self._read_status, daemon=True, name="pipes-status")
         self._reader.start()
 
@@ -125,12 +127,16 @@ class Supervised:
         """The command's exit code and resource usage, once it and its descendants are gone."""
         if self.supervisor.poll() is None:
             return None
+        # The next spare starts now, not while this command started: on a small machine its
+        # interpreter's start-up would have competed with the command's own.
+        self._spares.replenish()
         self._reader.join(timeout=SUPERVISOR_EXIT_SECONDS)
         status = self.exit or {"returncode": -signal.SIGKILL}
         return int(status["returncode"]), status
 
     def kill(self) -> None:
         """Kill every descendant now (the control pipe's EOF) and reap the supervisor."""
+        self._spares.replenish()
         with contextlib.suppress(OSError):
             os.close(self._control)
         try:
@@ -225,7 +231,7 @@ class SpareSupervisors:
         return spare
 
     def replenish(self) -> None:
-        """Start the next spare (after a command started: not while it competes for the CPU)."""
+        """Start the next spare (once a command ended: not while one starts, on a busy CPU)."""
         self._wanted.set()
 
     def close(self) -> None:
