@@ -5,16 +5,26 @@ worker with certificates made here, a single-node Slurm (slurmctld, slurmd, mung
 dask-jobqueue, and a dask-gateway-server with its local backend.
 """
 
+import json
 import multiprocessing.resource_tracker
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import dask
+import psutil
 import pytest
-from dagster import AssetCheckSpec, AssetExecutionContext, DagsterInstance, asset, materialize
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    DagsterInstance,
+    EnvVar,
+    asset,
+    materialize,
+)
 
 from dagster_pipes_ext import PipesDaskClient, PipesDaskWorkerLostError, close_cached_clients
 from dagster_pipes_ext_tests.conftest import script
@@ -22,7 +32,7 @@ from dagster_pipes_ext_tests.support import gateway as gateway_support
 from dagster_pipes_ext_tests.support.gateway import GatewayServer
 from dagster_pipes_ext_tests.support.processes import DaskProcesses, pid_alive, wait_for
 from dagster_pipes_ext_tests.support.slurm import SingleNodeSlurm
-from dagster_pipes_ext_tests.support.tls import TlsCluster
+from dagster_pipes_ext_tests.support.tls import TlsCluster, start_tls_cluster
 from dagster_pipes_ext_tests.test_termination import _interrupt_run
 
 pytestmark = pytest.mark.slow
@@ -178,6 +188,86 @@ def test_tls_termination_stops_the_command(tls_cluster: TlsCluster, tmp_path: Pa
     assert "[pipes] execution interrupted" in out
 
 
+def _kill_the_commands_worker(
+    client: PipesDaskClient, tmp_path: Path, worker_pids: set[int] | None = None
+) -> tuple[object, list[int]]:
+    """Run the family script; SIGKILL the worker process running it; return result and family."""
+    pids_file = tmp_path / "pids"
+
+    @asset
+    def doomed(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context,
+            command=["python", script("fault_family.py")],
+            env={"PIDS_FILE": str(pids_file)},
+        ).get_materialize_result()
+
+    family: list[int] = []
+
+    def strike() -> None:
+        text = wait_for(lambda: pids_file.exists() and pids_file.read_text(), 120, "the command")
+        family.extend(int(p) for p in text.split())
+        for ancestor in psutil.Process(family[0]).parents():
+            cmd = " ".join(ancestor.cmdline())
+            if (worker_pids and ancestor.pid in worker_pids) or (
+                not worker_pids and "distributed.cli.dask_worker" in cmd
+            ):
+                ancestor.kill()
+                return
+        raise AssertionError("no Dask worker among the command's ancestors")
+
+    striker = threading.Thread(target=strike, daemon=True)
+    striker.start()
+    result = materialize([doomed], resources={"dask_pipes": client}, raise_on_error=False)
+    striker.join(timeout=120)
+    for pid in family:
+        wait_for(lambda pid=pid: not pid_alive(pid), 15, f"process {pid} to end")
+    return result, family
+
+
+def _assert_worker_lost(result) -> None:
+    failure = result.failure_data_for_node("doomed")
+    assert failure is not None and failure.error is not None and failure.error.cause
+    assert failure.error.cause.cls_name == PipesDaskWorkerLostError.__name__
+
+
+def test_tls_worker_loss(tmp_path: Path) -> None:
+    """A TLS worker SIGKILLed mid-run: PipesDaskWorkerLostError, nothing of the command left."""
+    cluster = start_tls_cluster(1)
+    try:
+        client = _tls_client(cluster)
+        workers = {w.pid for w in cluster.processes.workers}
+        result, family = _kill_the_commands_worker(client, tmp_path, workers)
+        _assert_worker_lost(result)
+        assert len(family) >= 4
+    finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+def test_string_fields_take_env_vars(
+    tls_cluster: TlsCluster, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EnvVar works for the new string fields: scheduler_file and the TLS paths."""
+    certs = tls_cluster.certs
+    for name, value in {
+        "PIPES_T_FILE": str(tls_cluster.scheduler_file),
+        "PIPES_T_CA": str(certs.ca),
+        "PIPES_T_CERT": str(certs.client_cert),
+        "PIPES_T_KEY": str(certs.client_key),
+    }.items():
+        monkeypatch.setenv(name, value)
+    client = PipesDaskClient(
+        scheduler_file=EnvVar("PIPES_T_FILE"),
+        tls_ca_file=EnvVar("PIPES_T_CA"),
+        tls_client_cert=EnvVar("PIPES_T_CERT"),
+        tls_client_key=EnvVar("PIPES_T_KEY"),
+    )
+    seen = _run(client, instance)
+    assert seen["check_passed"]
+    assert f"scheduler_file {tls_cluster.scheduler_file}" in seen["cluster"]
+
+
 # -- scheduler file, precedence, no silent fallback ---------------------------------------------
 
 
@@ -189,6 +279,19 @@ def test_scheduler_file(separate_cluster: DaskProcesses, instance: DagsterInstan
     assert f"scheduler_file {path}" in seen["cluster"]
     assert separate_cluster.address in seen["cluster"]
     assert seen["metadata"]["dask/worker"].startswith("tcp://127.0.0.1:")
+
+
+def test_scheduler_file_termination_stops_the_command(
+    separate_cluster: DaskProcesses, tmp_path: Path
+) -> None:
+    """Terminating a run that found its scheduler through a scheduler file stops the command."""
+    fields = {"scheduler_file": str(Path(separate_cluster.worker_dir) / "scheduler.json")}
+    pid, grandchild, out = _interrupt_run(
+        tmp_path, json.dumps(fields), ignore_sigint=False, timeout=3
+    )
+    wait_for(lambda: not pid_alive(pid), 15, f"external process {pid} to end")
+    wait_for(lambda: not pid_alive(grandchild), 15, f"grandchild {grandchild} to end")
+    assert "[pipes] execution interrupted" in out
 
 
 def test_missing_scheduler_file_is_clear(tmp_path: Path) -> None:
@@ -366,6 +469,53 @@ def test_gateway_new_cluster_per_run(
         wait_for(lambda: not gateway.list_clusters(), 60, "the run's gateway cluster to stop")
     finally:
         gateway_support.close_quietly(gateway)
+
+
+def test_gateway_termination_stops_the_command(
+    gateway_server: GatewayServer, tmp_path: Path
+) -> None:
+    """Terminating a run on a gateway cluster stops the command and its child there."""
+    cluster = gateway_server.new_cluster(1)
+    try:
+        fields = {
+            "cluster_class": "dagster_pipes_ext.gateway.connect_gateway_cluster",
+            "cluster_kwargs": {
+                "address": gateway_server.address,
+                "cluster_name": cluster.name,
+                "username": gateway_server.username,
+                "password": gateway_server.password,
+            },
+        }
+        pid, grandchild, out = _interrupt_run(
+            tmp_path, json.dumps(fields), ignore_sigint=False, timeout=3
+        )
+        wait_for(lambda: not pid_alive(pid), 15, f"external process {pid} to end")
+        wait_for(lambda: not pid_alive(grandchild), 15, f"grandchild {grandchild} to end")
+        assert "[pipes] execution interrupted" in out
+    finally:
+        gateway_support.close_quietly(cluster)
+
+
+def test_gateway_worker_loss(gateway_server: GatewayServer, tmp_path: Path) -> None:
+    """A gateway cluster's worker SIGKILLed mid-run: PipesDaskWorkerLostError, nothing left."""
+    cluster = gateway_server.new_cluster(1)
+    try:
+        client = PipesDaskClient(
+            cluster_class="dagster_pipes_ext.gateway.connect_gateway_cluster",
+            cluster_kwargs={
+                "address": gateway_server.address,
+                "cluster_name": cluster.name,
+                "username": gateway_server.username,
+                "password": gateway_server.password,
+            },
+        )
+        try:
+            result, _family = _kill_the_commands_worker(client, tmp_path)
+        finally:
+            close_cached_clients()
+        _assert_worker_lost(result)
+    finally:
+        gateway_support.close_quietly(cluster)
 
 
 def test_gateway_existing_cluster_by_name(gateway_server: GatewayServer, instance) -> None:

@@ -1,9 +1,11 @@
 """Materialize a long-running asset in this process, to be interrupted by a test.
 
-Usage: term_driver.py <scheduler address or "embedded"> <termination timeout seconds>
+Usage: term_driver.py <scheduler address, "embedded", or a JSON object of PipesDaskClient
+fields> <termination timeout seconds>
 The environment carries PIDS_FILE (and optionally IGNORE_SIGINT) for the external script.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,9 +23,12 @@ def sleeper(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
 
 
 if __name__ == "__main__":
-    address = None if sys.argv[1] == "embedded" else sys.argv[1]
+    if sys.argv[1].startswith("{"):
+        fields = json.loads(sys.argv[1])
+    else:
+        fields = {"scheduler_address": None if sys.argv[1] == "embedded" else sys.argv[1]}
     client = PipesDaskClient(
-        scheduler_address=address,
+        **fields,
         termination_timeout_seconds=float(sys.argv[2]),
         # The worker's environment is its own: what the script needs travels with the call.
         env={
