@@ -241,13 +241,14 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
     ) -> dict[str, str]:
         """Say which cluster this run uses; give the command what it needs to use it too.
 
-        The embedded cluster is in-process (``inproc://``): the command cannot reach it.
+        The embedded cluster is in-process (``inproc://``) unless ``embedded_tcp``: the command
+        cannot reach it then.
         """
         context.log.info(
             f"[pipes] Dask cluster: {connection.source.describe()} (scheduler {connection.address})"
         )
-        if connection.source.kind == "embedded":
-            return {}
+        if connection.source.kind == "embedded" and connection.source.target != "tcp":
+            return {}  # inproc://: no other process can reach it (see embedded_tcp)
         if not state.threads_checked:
             state.threads_checked = True
             workers = dask_compat.scheduler_workers(connection.client, RPC_TIMEOUT_SECONDS)

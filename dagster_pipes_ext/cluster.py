@@ -154,7 +154,8 @@ def _connect(
     embedded_dashboard: bool,
 ) -> Connection:
     if source.kind == "embedded":
-        cluster = _embedded_cluster(embedded_threads, embedded_dashboard)
+        tcp = source.target == "tcp"
+        cluster = _embedded_cluster(embedded_threads, embedded_dashboard, tcp=tcp)
         return Connection(Client(cluster, set_as_default=False), source, cluster)
     if source.kind == "cluster_class":
         return _start_cluster(source, tls, timeout)
@@ -276,7 +277,9 @@ def import_object(path: str) -> Any:
     return obj
 
 
-def _embedded_cluster(threads_per_worker: int, dashboard_wanted: bool) -> LocalCluster:
+def _embedded_cluster(
+    threads_per_worker: int, dashboard_wanted: bool, *, tcp: bool = False
+) -> LocalCluster:
     class LoopbackWorker(Worker):
         """A worker whose HTTP server (health, metrics) listens on loopback only."""
 
@@ -298,6 +301,9 @@ def _embedded_cluster(threads_per_worker: int, dashboard_wanted: bool) -> LocalC
         dashboard_address="127.0.0.1:0",
         scheduler_kwargs={"dashboard": dashboard_wanted and has_bokeh},
         silence_logs=logging.WARNING,
+        # In-process only (inproc://), or on loopback TCP where the command may connect too.
+        protocol="tcp://" if tcp else None,
+        host="127.0.0.1" if tcp else None,
     )
 
 

@@ -86,6 +86,13 @@ class DaskConnectionResource(ConfigurableResource):
     embedded_threads_per_worker: int = Field(
         default=4, description="Threads (concurrent commands) of the embedded cluster's worker."
     )
+    embedded_tcp: bool = Field(
+        default=False,
+        description=(
+            "The embedded cluster listens on tcp://127.0.0.1 instead of in-process only, so the "
+            "command can connect a distributed.Client to it (DASK_SCHEDULER_ADDRESS is set)."
+        ),
+    )
     embedded_dashboard: bool = Field(
         default=False,
         description=(
@@ -112,6 +119,7 @@ class DaskConnectionResource(ConfigurableResource):
                 cluster_kwargs=self.cluster_kwargs,
                 adapt_kwargs=self.adapt_kwargs,
                 allow_embedded=self.allow_embedded_cluster,
+                embedded_tcp=self.embedded_tcp,
             )
             return get_connection(
                 source,

@@ -94,6 +94,7 @@ def resolve_source(
     cluster_kwargs: dict[str, Any] | None = None,
     adapt_kwargs: dict[str, Any] | None = None,
     allow_embedded: bool = True,
+    embedded_tcp: bool = False,
 ) -> ClusterSource:
     """Pick the connection source by the documented precedence.
 
@@ -137,7 +138,7 @@ def resolve_source(
             "DASK_SCHEDULER_ADDRESS environment variable (unset) and Dask's scheduler-address "
             "config (unset). Set one of them."
         )
-    return ClusterSource("embedded")
+    return ClusterSource("embedded", "tcp" if embedded_tcp else "")
 
 
 def dask_tls_config() -> str:

@@ -328,6 +328,17 @@ def test_embedded_run_says_so(instance: DagsterInstance) -> None:
     assert "the embedded in-process cluster (scheduler inproc://" in seen["cluster"]
 
 
+def test_embedded_tcp_lets_the_command_use_the_cluster(instance: DagsterInstance) -> None:
+    """With embedded_tcp the embedded cluster is on loopback TCP and the command's own
+    distributed.Client() reaches it; without it, the command gets no address."""
+    try:
+        seen = _run(PipesDaskClient(embedded_tcp=True), instance, env={"USE_CLUSTER": "1"})
+    finally:
+        close_cached_clients()
+    assert seen["metadata"]["cluster_sum"] == 6
+    assert "the embedded in-process cluster (scheduler tcp://127.0.0.1:" in seen["cluster"]
+
+
 def test_cluster_class_local_cluster(instance: DagsterInstance) -> None:
     """cluster_class with kwargs (a LocalCluster of worker processes), once per process."""
     client = PipesDaskClient(
