@@ -242,7 +242,13 @@ def _forward_notes(proc: Supervised, sender: Sender) -> None:
     """The supervisor's notices, in the run's log."""
     while not proc.notes.empty():
         note = proc.notes.get_nowait()
-        if note.startswith("sent SIGKILL to "):  # what the command left behind, or a stubborn one
+        if note.startswith("termination timeout: "):  # the command ignored the stop
+            sender.note(
+                "process did not exit within termination_timeout_seconds: sent SIGKILL to the "
+                f"process group (supervisor: {note.removeprefix('termination timeout: ')})"
+            )
+            continue
+        if note.startswith("sent SIGKILL to "):  # what an exited command left behind
             note = f"ended {note.removeprefix('sent SIGKILL to ')} the command left running"
         sender.note(f"supervisor: {note}")
 

@@ -314,7 +314,7 @@ class _Supervisor:
             now = time.monotonic()
             if self.kill_at is not None and now >= self.kill_at:
                 self.kill_at = None
-                self.kill_all()
+                self.kill_all("termination timeout: ")
                 continue
             waits = [BACKSTOP_SECONDS]
             if self.reason is None and self.heartbeat_timeout > 0:
@@ -440,8 +440,11 @@ class _Supervisor:
                     found.append(pid)
         return found
 
-    def kill_all(self) -> None:
+    def kill_all(self, why: str = "") -> None:
         """SIGKILL every descendant and reap them, until no child is left (bounded in time).
+
+        ``why`` prefixes the note (the grace period ran out, as opposed to clearing up what an
+        exited command left behind).
 
         Each round kills every live descendant found; a killed process cannot fork any more, and
         the children of dying ones are re-parented here, so the rounds end quickly.
@@ -466,7 +469,7 @@ class _Supervisor:
             if poller.poll(50):  # a SIGCHLD; any other signal changes nothing now
                 self.drain_signals()
         if fresh:
-            self.note(f"sent SIGKILL to {fresh} processes")
+            self.note(f"{why}sent SIGKILL to {fresh} processes")
 
     def report(self) -> None:
         """Write the command's outcome."""
