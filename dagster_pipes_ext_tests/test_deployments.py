@@ -482,21 +482,26 @@ def test_gateway_new_cluster_per_run(
         gateway_support.close_quietly(gateway)
 
 
+def _by_name(server: GatewayServer, cluster) -> dict:
+    """PipesDaskClient fields that connect to a running gateway cluster by its name."""
+    return {
+        "cluster_class": "dagster_pipes_ext.gateway.connect_gateway_cluster",
+        "cluster_kwargs": {
+            "address": server.address,
+            "cluster_name": cluster.name,
+            "username": server.username,
+            "password": server.password,
+        },
+    }
+
+
 def test_gateway_termination_stops_the_command(
     gateway_server: GatewayServer, tmp_path: Path
 ) -> None:
     """Terminating a run on a gateway cluster stops the command and its child there."""
     cluster = gateway_server.new_cluster(1)
     try:
-        fields = {
-            "cluster_class": "dagster_pipes_ext.gateway.connect_gateway_cluster",
-            "cluster_kwargs": {
-                "address": gateway_server.address,
-                "cluster_name": cluster.name,
-                "username": gateway_server.username,
-                "password": gateway_server.password,
-            },
-        }
+        fields = _by_name(gateway_server, cluster)
         pid, grandchild, out = _interrupt_run(
             tmp_path, json.dumps(fields), ignore_sigint=False, timeout=3
         )
@@ -511,15 +516,7 @@ def test_gateway_worker_loss(gateway_server: GatewayServer, tmp_path: Path) -> N
     """A gateway cluster's worker SIGKILLed mid-run: PipesDaskWorkerLostError, nothing left."""
     cluster = gateway_server.new_cluster(1)
     try:
-        client = PipesDaskClient(
-            cluster_class="dagster_pipes_ext.gateway.connect_gateway_cluster",
-            cluster_kwargs={
-                "address": gateway_server.address,
-                "cluster_name": cluster.name,
-                "username": gateway_server.username,
-                "password": gateway_server.password,
-            },
-        )
+        client = PipesDaskClient(**_by_name(gateway_server, cluster))
         try:
             result, _family = _kill_the_commands_worker(client, tmp_path)
         finally:
@@ -533,15 +530,7 @@ def test_gateway_existing_cluster_by_name(gateway_server: GatewayServer, instanc
     """connect_gateway_cluster: a running gateway cluster, by name, stays up after the run."""
     cluster = gateway_server.new_cluster(1)
     try:
-        client = PipesDaskClient(
-            cluster_class="dagster_pipes_ext.gateway.connect_gateway_cluster",
-            cluster_kwargs={
-                "address": gateway_server.address,
-                "cluster_name": cluster.name,
-                "username": gateway_server.username,
-                "password": gateway_server.password,
-            },
-        )
+        client = PipesDaskClient(**_by_name(gateway_server, cluster))
         try:
             seen = _run(client, instance)
         finally:
