@@ -110,12 +110,30 @@ LABELS = {
 }
 
 # Set from the command line by ``configure`` (``run.py`` calls it before ``run``).
-_options: dict[str, Any] = {"log_lines": None}
+_options: dict[str, Any] = {"log_lines": None, "workloads": None, "variants": None}
+WORKLOADS = ("stdout", "message", "logs")
+VARIANTS = (SUBPROCESS, DASK_SEPARATE, READER_ONLY, DAGSTER_ONLY)
+
+
+def _names(value: str | None, known: Sequence[str], option: str) -> set[str] | None:
+    if not value:
+        return None
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise SystemExit(f"{option}: unknown {unknown}; choose from {','.join(known)}")
+    return names
 
 
 def configure(args: Any) -> None:
-    """Take this scenario's command-line options (``--flood-log-lines``)."""
+    """Take this scenario's options (``--flood-log-lines``, ``--flood-workloads``, ``-variants``)."""
     _options["log_lines"] = getattr(args, "flood_log_lines", None)
+    _options["workloads"] = _names(
+        getattr(args, "flood_workloads", None), WORKLOADS, "--flood-workloads"
+    )
+    _options["variants"] = _names(
+        getattr(args, "flood_variants", None), VARIANTS, "--flood-variants"
+    )
 
 
 # -- the step's captured stdout -----------------------------------------------------------------
@@ -529,6 +547,8 @@ def _message_workload(
 
 def _run_workload(work: Workload, probe: Probe, reps: int) -> dict[str, Any]:
     """Warm up, then run every variant ``reps`` times (interleaved), measuring memory."""
+    if _options["variants"] is not None:
+        work.variants = [v for v in work.variants if v.name in _options["variants"]]
     say(f"  {work.key}: {work.description}; {reps} run(s) per variant")
     for variant in work.variants:  # untimed, small: one-time costs stay out of the figures
         STOP.check()
@@ -776,12 +796,15 @@ def run(bench: Bench) -> dict[str, Any]:
         )
         with flood_instance() as (instance, home):
             say(f"  (instance storage in {home})")
-            builders: list[Callable[[], Workload]] = [
-                lambda: _stdout_workload(bench, instance, clients, stdout_bytes),
-                lambda: _message_workload(bench, instance, clients, probe, message_bytes),
-                lambda: _logs_workload(bench, instance, clients, probe, log_lines),
-            ]
-            for build in builders:
+            builders: dict[str, Callable[[], Workload]] = {
+                "stdout": lambda: _stdout_workload(bench, instance, clients, stdout_bytes),
+                "message": lambda: _message_workload(bench, instance, clients, probe, message_bytes),
+                "logs": lambda: _logs_workload(bench, instance, clients, probe, log_lines),
+            }
+            chosen = _options["workloads"] or set(WORKLOADS)
+            for key, build in builders.items():
+                if key not in chosen:
+                    continue
                 work = build()
                 try:
                     part = _run_workload(work, probe, reps)
