@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
+
 # Imported with the package, not on first use (~0.4 s of CPU): a process that imports the code
 # location before forking its step processes (Dagster's multiprocess executor with
 # `start_method: forkserver`) then hands them `distributed` ready to use.
@@ -35,6 +37,11 @@ from dagster_pipes_ext.sources import (
 
 # A failed connection attempt is closed within this long, so it never holds process exit back.
 CLOSE_FAILED_SECONDS = 2.0
+EMBEDDED_SERVER_CONFIG = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.scheduler.work-stealing": False,
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 NO_TLS = TlsSettings()
 _lock = threading.Lock()
@@ -290,21 +297,25 @@ def _embedded_cluster(
     # The dashboard costs ~1.5 s of start-up (bokeh). The scheduler and worker start HTTP servers
     # (health, metrics) even without it, by default on the host's address: keep them on loopback.
     has_bokeh = importlib.util.find_spec("bokeh") is not None
-    return LocalCluster(
-        processes=False,
-        n_workers=1,
-        threads_per_worker=threads_per_worker,
-        # In-process, the worker would measure (and pause on) the Dagster process's memory; it
-        # holds no data, only launchers, so memory management stays off.
-        memory_limit=0,
-        worker_class=LoopbackWorker,
-        dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": dashboard_wanted and has_bokeh},
-        silence_logs=logging.WARNING,
-        # In-process only (inproc://), or on loopback TCP where the command may connect too.
-        protocol="tcp://" if tcp else None,
-        host="127.0.0.1" if tcp else None,
-    )
+    # In-process, the servers' periodic work competes with the Dagster step for the GIL: the
+    # event-loop tick monitors (every 20 ms each, by default), work stealing (one worker: there
+    # is nothing to steal), the system monitors (every 500 ms each, of this one process).
+    with dask.config.set(EMBEDDED_SERVER_CONFIG):
+        return LocalCluster(
+            processes=False,
+            n_workers=1,
+            threads_per_worker=threads_per_worker,
+            # In-process, the worker would measure (and pause on) the Dagster process's memory; it
+            # holds no data, only launchers, so memory management stays off.
+            memory_limit=0,
+            worker_class=LoopbackWorker,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": dashboard_wanted and has_bokeh},
+            silence_logs=logging.WARNING,
+            # In-process only (inproc://), or on loopback TCP where the command may connect too.
+            protocol="tcp://" if tcp else None,
+            host="127.0.0.1" if tcp else None,
+        )
 
 
 # -- state and closing --------------------------------------------------------------------------
