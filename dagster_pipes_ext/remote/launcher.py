@@ -79,8 +79,11 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
     sender = Sender(worker, spec["queue"], spec["max_batch_bytes"], on_blocked=policy.while_blocked)
     heartbeat = Heartbeat(worker, spec["topic"], spec["heartbeat_interval_seconds"])
     workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
+    proc: Supervised | None = None
     try:
-        _run_session(spec, sender, policy, heartbeat, workdir, outcome)
+        proc, messages_path = _start_command(spec, sender, workdir, outcome)
+        if proc is not None:
+            _run_command(proc, messages_path, spec, sender, policy, heartbeat, outcome)
         if not policy.abandoned:
             _send_outcome(sender, outcome)
     except ReaderGone:
@@ -88,6 +91,8 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
     finally:
         heartbeat.stop()
         policy.close()
+        if proc is not None:
+            proc.release()  # once the outcome went out: reap the supervisor, start the next spare
         shutil.rmtree(workdir, ignore_errors=True)
     if policy.abandoned:
         # Nobody reads the session any more: clean the scheduler instead of sending.
@@ -145,15 +150,10 @@ def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
 # -- the session -------------------------------------------------------------------------------
 
 
-def _run_session(
-    spec: LaunchSpec,
-    sender: Sender,
-    policy: StopPolicy,
-    heartbeat: Heartbeat,
-    workdir: str,
-    outcome: LaunchOutcome,
-) -> None:
-    """Run the command, filling ``outcome``."""
+def _start_command(
+    spec: LaunchSpec, sender: Sender, workdir: str, outcome: LaunchOutcome
+) -> tuple[Supervised | None, str]:
+    """Start the command under its supervisor; ``None`` (and a note) if it could not start."""
     env, messages_path = _prepare_files(spec, workdir)
     sender.add(REC_START, {"worker": outcome["worker"], "hostname": outcome["hostname"]})
     try:
@@ -162,10 +162,24 @@ def _run_session(
         outcome["error"] = launch_error(spec, exc)
         sender.note(outcome["error"])
         outcome["ended_at"] = time.time()
-        return
+        return None, messages_path
     outcome["pid"] = proc.pid
     outcome["started_at"] = time.time()
+    return proc, messages_path
+
+
+def _run_command(
+    proc: Supervised,
+    messages_path: str,
+    spec: LaunchSpec,
+    sender: Sender,
+    policy: StopPolicy,
+    heartbeat: Heartbeat,
+    outcome: LaunchOutcome,
+) -> None:
+    """Stream what the running command reports until it and its descendants are gone."""
     stdio = StdioDrain(proc, forward=spec["forward_stdio"])
+    proc.on_exit(stdio.wake)  # the supervisor's report ends the loop's wait at once
     policy.watch(proc, sender)
     heartbeat.attach(proc)
     tail = LineTail(messages_path, spec["max_batch_bytes"], spec["max_message_bytes"])

@@ -15,6 +15,7 @@ import threading
 import time
 import types
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from dagster_pipes_ext.remote.supervisor import supervisor_argv
@@ -27,7 +28,7 @@ SUPERVISOR_EXIT_SECONDS = 10.0
 SUPERVISOR_START_SECONDS = 30.0
 # Where a worker process keeps its spare supervisors (shared by every launcher it unpickled).
 _SPARES_MODULE = "__dagster_pipes_ext_supervisors__"
-DISCARD_POLL_SECONDS = 0.05
+PUMP_JOIN_SLICE_SECONDS = 0.01
 # Pipe reads the launcher holds before the pumps wait (each up to PIPE_READ_BYTES).
 STDIO_QUEUE_CHUNKS = 16
 
@@ -79,10 +80,14 @@ class Supervised:
         self._status = os.fdopen(status_read, "rb")
         self.notes: queue.Queue[str] = queue.Queue()
         self.exit: dict[str, Any] | None = None
+        self._on_exit: Callable[[], None] | None = None
+        self._control_lock = threading.Lock()
         self._spares = spares
         try:
             self.pid = self._await_start()
         except BaseException:
+            self._close_control()
+            self._status.close()
             spares.replenish()
             raise
         self._reader = threading.Thread(target=self._read_status, daemon=True, name="pipes-status")
@@ -109,11 +114,22 @@ class Supervised:
                     self.notes.put(str(status["note"]))
                 elif "returncode" in status:
                     self.exit = status
+                    on_exit = self._on_exit
+                    if on_exit is not None:
+                        on_exit()
         self._status.close()
 
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from another thread) once the supervisor reported the exit."""
+        self._on_exit = callback
+        if self.exit is not None:
+            callback()
+
     def _send(self, line: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._control, line)
+        with self._control_lock:  # the heartbeat thread sends too; never into a closed fd
+            if self._control >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self._control, line)
 
     def heartbeat(self) -> None:
         """Tell the supervisor the launcher is alive."""
@@ -124,21 +140,41 @@ class Supervised:
         self._send(b"stop\n")
 
     def exited(self) -> tuple[int, dict[str, Any]] | None:
-        """The command's exit code and resource usage, once it and its descendants are gone."""
-        if self.supervisor.poll() is None:
-            return None
-        # The next spare starts now, not while this command started: on a small machine its
-        # interpreter's start-up would have competed with the command's own.
-        self._spares.replenish()
-        self._reader.join(timeout=SUPERVISOR_EXIT_SECONDS)
+        """The command's exit code and resource usage, once it and its descendants are gone.
+
+        Known from the supervisor's report, without waiting for the supervisor's own exit; a
+        supervisor that died without one (SIGKILLed) counts as a SIGKILLed command.
+        """
+        if self.exit is None:
+            if self.supervisor.poll() is None:
+                return None
+            self._reader.join(timeout=SUPERVISOR_EXIT_SECONDS)  # its last status lines
         status = self.exit or {"returncode": -signal.SIGKILL}
         return int(status["returncode"]), status
 
     def kill(self) -> None:
         """Kill every descendant now (the control pipe's EOF) and reap the supervisor."""
+        self._close_control()
+        self._reap()
+
+    def release(self) -> None:
+        """Reap the supervisor (it exits as it reports) and start the next spare.
+
+        Called once the session's outcome went out: neither the supervisor's exit nor the next
+        spare's start-up (a fork of the worker process, then an interpreter) delays the run.
+        """
+        self._close_control()
+        self._reap()
         self._spares.replenish()
-        with contextlib.suppress(OSError):
-            os.close(self._control)
+
+    def _close_control(self) -> None:
+        with self._control_lock:
+            control, self._control = self._control, -1
+            if control >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(control)
+
+    def _reap(self) -> None:
         try:
             self.supervisor.wait(timeout=SUPERVISOR_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -291,6 +327,7 @@ def launch_error(spec: LaunchSpec, exc: OSError) -> str:
 # -- stdio --------------------------------------------------------------------------------------
 
 _Item = tuple[str, str] | None  # (kind, text), or None when a pump reached EOF
+_WAKE: _Item = ("", "")  # no stdio: wakes the launcher's loop (compared by identity)
 
 
 class StdioDrain:
@@ -339,12 +376,19 @@ class StdioDrain:
             if item is None:
                 self._open -= 1
                 continue
+            if item is _WAKE:
+                continue
             kind, text = item
             if kind == REC_STDERR:
                 self._keep_stderr(text)
                 if not self._forward:
                     continue
             sender.add(kind, text, len(text))
+
+    def wake(self) -> None:
+        """End a :meth:`wait` now (from any thread): something else needs the launcher's loop."""
+        with contextlib.suppress(queue.Full):  # a full queue ends the wait anyway
+            self._queue.put_nowait(_WAKE)
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` for stdio; what arrives is handled by the next :meth:`drain`."""
@@ -362,11 +406,18 @@ class StdioDrain:
         return "".join(self._stderr)[-STDERR_TAIL_BYTES:]
 
     def close(self) -> None:
-        """Wait (bounded) for the pump threads to finish, discarding what nobody will read."""
+        """Wait (bounded) for the pump threads to finish, discarding what nobody will read.
+
+        A pump blocked on the full queue finishes once the queue is drained; one that put its
+        EOF is ending already: joining it returns as soon as it has.
+        """
         deadline = time.monotonic() + PUMP_JOIN_SECONDS
-        while any(pump.is_alive() for pump in self._pumps) and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=DISCARD_POLL_SECONDS)
+        for pump in self._pumps:
+            while pump.is_alive() and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self._queue.get_nowait()
+                pump.join(timeout=PUMP_JOIN_SLICE_SECONDS)
 
 
 def _pump_stream(fd: int, kind: str, out: queue.Queue[_Item]) -> None:

@@ -17,7 +17,9 @@ reports on the status pipe. The protocol:
   SIGTERM or SIGHUP: like EOF if the parent is gone (PDEATHSIG), else like ``stop``.
 * status_fd, JSON lines out: ``{"started": pid}`` or ``{"error", "errno", "kind"}`` (then exit),
   any number of ``{"note": text}``, then ``{"returncode", "maxrss_kib", "utime", "stime",
-  "killed_descendants", "reason"}``, written once no descendant is left, and exit 0. ``reason``
+  "killed_descendants", "reason"}``, written once no descendant is left and the supervisor's
+  own stdout and stderr are closed (the launcher then has all of the command's output), and exit
+  0. ``reason``
   is what made the supervisor act first: ``exited`` (nothing), ``stopped``, ``hung``, or
   ``parent_gone`` (which overrides the others); ``killed_descendants`` counts the processes it
   SIGKILLed, the command included.
@@ -514,6 +516,13 @@ def main() -> None:
         except BaseException:
             supervisor.kill_all()  # the last resort: leave nothing; the traceback goes to stderr
             raise
+        # No descendant holds the command's stdout and stderr any more: closing this process's
+        # copies ends them now, so the launcher has all of the output when the report comes.
+        for fd in (1, 2):
+            try:
+                os.close(fd)
+            except OSError:  # not open (no contextlib here: start-up time)
+                continue
         supervisor.report()
     os._exit(0)
 
