@@ -21,24 +21,18 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
 from dagster_pipes_ext.remote import dask_compat
-from dagster_pipes_ext.remote.process import (
-    StdioDrain,
-    Supervised,
-    describe_signal,
-    launch_error,
-    signal_group,
-)
+from dagster_pipes_ext.remote.process import Supervised, describe_signal, launch_error
 from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION
 from dagster_pipes_ext.remote.sender import Heartbeat, ReaderGone, Sender
+from dagster_pipes_ext.remote.stdio import StdioDrain
+from dagster_pipes_ext.remote.stop import StopPolicy
 from dagster_pipes_ext.remote.tail import LineTail
 from dagster_pipes_ext.remote.wire import (
     LAUNCHER_METADATA_KEY,
@@ -52,8 +46,6 @@ from dagster_pipes_ext.remote.wire import (
     encode_param,
 )
 
-STOP_POLL_SECONDS = 2.0  # one long-poll of the stop event
-STOP_RETRY_SECONDS = 1.0  # after the scheduler did not answer it
 # Where a worker process keeps the launchers it unpickled (see ``launcher_entry``).
 _ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
 
@@ -291,101 +283,6 @@ def _record_exit(
             "the launcher sent no heartbeat for heartbeat_timeout_seconds (the Dask worker was "
             "stopped or hung)"
         )
-
-
-# -- stopping -----------------------------------------------------------------------------------
-
-
-class StopPolicy:
-    """When and how the command is stopped.
-
-    Stop when the orchestrator sets the session's stop event (a thread long-polls it), when the
-    scheduler released the task (its client, the Dagster step, is gone; with
-    ``stop_when_abandoned``), or when the worker starts closing (it lost its scheduler: nobody
-    could collect the result or stop the command any more). Stopping is SIGINT to the process
-    group, then SIGKILL after ``termination_timeout_seconds``.
-    """
-
-    def __init__(self, worker: Any, spec: LaunchSpec) -> None:
-        self._worker = worker
-        self._when_abandoned = spec["stop_when_abandoned"]
-        self._grace = spec["termination_timeout_seconds"]
-        self._task_key = dask_compat.current_task_key()
-        self._kill_at: float | None = None
-        self._proc: Supervised | None = None
-        self._sender: Sender | None = None
-        self.stop = threading.Event()
-        self.abandoned = False
-        self.exited = False
-        self._done = threading.Event()
-        threading.Thread(
-            target=self._watch_stop_event,
-            args=(spec["stop_event"],),
-            daemon=True,
-            name="pipes-stop-watch",
-        ).start()
-
-    def watch(self, proc: Supervised, sender: Sender) -> None:
-        """The command started: its supervisor, and where notices go."""
-        self._proc = proc
-        self._sender = sender
-
-    def _watch_stop_event(self, name: str) -> None:
-        """Long-poll the session's stop event on the scheduler until the launcher is done."""
-        while not self._done.is_set():
-            try:
-                if dask_compat.worker_rpc(
-                    self._worker, "event_wait", name=name, timeout=STOP_POLL_SECONDS
-                ):
-                    self.stop.set()
-                    return
-            except Exception:
-                # The scheduler may be briefly unreachable; the launcher's own loop is unaffected.
-                if self._done.wait(STOP_RETRY_SECONDS):
-                    return
-
-    def while_blocked(self) -> None:
-        """Called while the data queue is full: keep deciding; give up if the step is gone."""
-        self.check()
-        if self.abandoned:
-            raise ReaderGone("the Dagster step is gone")
-
-    def check(self) -> None:
-        """Decide whether to stop now, and signal the process group when it is time."""
-        if not self.stop.is_set():
-            self._notice_reasons()
-        if self.exited or self._proc is None:
-            return
-        if self.stop.is_set() and self._kill_at is None:
-            self._kill_at = time.monotonic() + self._grace
-            self._proc.stop()  # SIGINT now; the supervisor kills every process after the grace
-            self._note("stop requested: sent SIGINT to the process group")
-        if self._kill_at is not None and time.monotonic() >= self._kill_at:
-            signal_group(self._proc.pid, signal.SIGKILL)
-            self._note(
-                "process did not exit within termination_timeout_seconds: "
-                "sent SIGKILL to the process group"
-            )
-            self._kill_at = float("inf")
-
-    def _notice_reasons(self) -> None:
-        if self._when_abandoned and dask_compat.task_released_on_worker(
-            self._worker, self._task_key
-        ):
-            self.abandoned = True
-            self.stop.set()
-            self._note("the Dagster step is gone: stopping the command")
-        elif dask_compat.worker_closing(self._worker):
-            self.stop.set()
-            self._note("the Dask worker is closing: stopping the command")
-
-    def _note(self, text: str) -> None:
-        if self._sender is not None:
-            self._sender.note(text)
-
-    def close(self) -> None:
-        """End the stop-event watch."""
-        self._done.set()
 
 
 # -- clean-up and entry -------------------------------------------------------------------------
