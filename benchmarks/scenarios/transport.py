@@ -17,20 +17,16 @@ embedded cluster and on a separate ``dask scheduler`` + ``dask worker``.
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from typing import Any
 
 from benchmarks.bench import Bench
 from benchmarks.common import DASK_EMBEDDED, DASK_SEPARATE, command
 from benchmarks.printing import fmt_rate, fmt_seconds, print_table, say
+from benchmarks.reader_session import CountingHandler, run_session
 from benchmarks.stats import interleave, summarize
 from dagster_pipes_ext import PipesDaskClient
-from dagster_pipes_ext.cluster import close_cached_clients, connection_state, get_dask_client
+from dagster_pipes_ext.cluster import close_cached_clients, get_dask_client
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
-from dagster_pipes_ext.remote.wire import LaunchSpec, session_names
-from dagster_pipes_ext.task import LaunchTask
 from dagster_pipes_ext_tests.support.cluster_procs import PlainCluster
 
 TITLE = "Raw transport (worker launcher -> reader, without Dagster's handler)"
@@ -38,19 +34,6 @@ TITLE = "Raw transport (worker launcher -> reader, without Dagster's handler)"
 FULL_MESSAGES = 1_000_000
 QUICK_MESSAGES = 200_000
 TIMEOUT_SECONDS = 120.0
-
-
-class _CountingHandler:
-    """Stands in for Dagster's Pipes message handler: counts the messages it is given."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def handle_message(self, message: Any) -> None:
-        self.count += 1
-
-    def report_pipes_framework_exception(self, origin: str, exc_info: Any) -> None:
-        raise RuntimeError(f"{origin}: {exc_info[1]}")
 
 
 class _LineCountingReader(PipesDaskMessageReader):
@@ -62,59 +45,23 @@ class _LineCountingReader(PipesDaskMessageReader):
 
 def _one_session(dask_client: Any, count: int, parse: bool) -> float:
     """Stream ``count`` lines through one session; return the seconds it took."""
-    names = session_names("bench-transport", uuid.uuid4().hex)
-    task = LaunchTask(
+    handler = CountingHandler()
+    session = run_session(
         dask_client,
-        connection_state(dask_client),
-        key=f"bench-transport-{names.topic.rsplit('/', 1)[-1]}",
-        names=names,
-        forward_termination=True,
-        termination_timeout_seconds=5.0,
-        worker_wait_timeout_seconds=TIMEOUT_SECONDS,
-        heartbeat_timeout_seconds=TIMEOUT_SECONDS,
-        restrictions={},
+        "bench-transport",
+        command("transport_writer.py", count),
+        handler,
+        timeout_seconds=TIMEOUT_SECONDS,
+        max_batch_bytes=PipesDaskClient().max_batch_bytes,
+        reader_class=PipesDaskMessageReader if parse else _LineCountingReader,
     )
-    reader_class = PipesDaskMessageReader if parse else _LineCountingReader
-    reader = reader_class(
-        dask_client=dask_client,
-        topic=names.topic,
-        queue=names.queue,
-        forward_stdio=False,
-        on_end=task.notify_end,
-    )
-    handler = _CountingHandler()
-    spec: LaunchSpec = {
-        "topic": names.topic,
-        "queue": names.queue,
-        "claim_event": names.claim_event,
-        "stop_event": names.stop_event,
-        "command": command("transport_writer.py", count),
-        "env": {},
-        "cwd": None,
-        "context_data": {},
-        "forward_stdio": False,
-        "stop_when_abandoned": True,
-        "termination_timeout_seconds": 5.0,
-        "max_batch_bytes": PipesDaskClient().max_batch_bytes,
-        "max_message_bytes": 64 << 20,
-        "poll_interval_seconds": 0.005,
-        "heartbeat_interval_seconds": 1.0,
-        "heartbeat_timeout_seconds": TIMEOUT_SECONDS,
-    }
-    try:
-        with reader.read_messages(handler):  # type: ignore[arg-type]
-            start = time.perf_counter()
-            outcome = task.run(spec, reader, logging.getLogger(__name__))
-            reader.wait_for_end()
-            elapsed = time.perf_counter() - start
-    finally:
-        task.forget(stop=True)
-    if outcome.get("returncode") != 0:
-        raise RuntimeError(f"the writer failed: {outcome}")
+    if session.outcome.get("returncode") != 0:
+        raise RuntimeError(f"the writer failed: {session.outcome}")
+    reader = session.reader
     got = handler.count if parse else reader.message_count
     if got != count or reader.delivery_error() is not None:
         raise RuntimeError(f"expected {count} messages, got {got} ({reader.delivery_error()})")
-    return elapsed
+    return session.seconds
 
 
 def run(bench: Bench) -> dict[str, Any]:
