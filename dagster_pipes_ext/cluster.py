@@ -61,12 +61,14 @@ class ConnectionState:
         dashboard_links: The dashboard link, by whether the embedded dashboard was asked for.
         run_function_refused: The scheduler blocks ``run_function`` (and ``run_on_scheduler``).
         threads_checked: Whether the "one thread only" warning was considered.
+        spec_stash_works: A launch spec was stashed on the scheduler once (see ``LaunchTask``).
     """
 
     published_launchers: set[str] = field(default_factory=set)
     dashboard_links: dict[bool, str | None] = field(default_factory=dict)
     run_function_refused: bool = False
     threads_checked: bool = False
+    spec_stash_works: bool = False
 
 
 @dataclass

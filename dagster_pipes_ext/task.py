@@ -31,6 +31,7 @@ from dagster_pipes_ext.remote.launcher import launch, launcher_entry
 from dagster_pipes_ext.remote.scheduler_ops import (
     DASHBOARD_SERVED,
     FORGET_SESSION,
+    STASH_SPEC,
     TASK_STATE,
     WORKER_PRESENT,
 )
@@ -39,6 +40,7 @@ from dagster_pipes_ext.remote.wire import (
     LaunchOutcome,
     LaunchSpec,
     SessionNames,
+    SpecRef,
 )
 
 if TYPE_CHECKING:
@@ -145,7 +147,7 @@ class LaunchTask:
         self._ended.clear()
         future = self.client.submit(
             self._entry(republish),
-            spec,
+            self._task_argument(spec),
             key=self.key,
             pure=False,
             **self._restrictions,
@@ -157,6 +159,29 @@ class LaunchTask:
             return self._await(future, log)
         finally:
             future.release()
+
+    def _task_argument(self, spec: LaunchSpec) -> LaunchSpec | SpecRef:
+        """The spec, or where the launcher claims it: stashed on the scheduler beforehand.
+
+        A task's arguments travel on Dask's batched streams, whose logs of recent messages keep
+        them (the command's environment included) long after the session; the stashed spec
+        travels on RPCs and leaves the scheduler with the claim. The first stash on a
+        connection is waited for (it tells whether ``run_function`` is refused: then the task
+        carries the spec); later ones are not, and the launcher waits for a late one.
+        """
+        if self.state.run_function_refused:
+            return spec
+        stashing = dask_compat.start_run_on_scheduler(
+            self.client, STASH_SPEC, spec["claim_event"], spec
+        )
+        if not self.state.spec_stash_works:
+            try:
+                stashing.result(timeout=RPC_TIMEOUT_SECONDS)
+            except Exception:
+                self.state.run_function_refused = True
+                return spec
+            self.state.spec_stash_works = True
+        return {"claim_event": spec["claim_event"], "stashed": True}
 
     def _entry(self, republish: bool) -> Any:
         """The task function, once the launcher is published on this connection's scheduler."""

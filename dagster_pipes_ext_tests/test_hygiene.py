@@ -1,5 +1,6 @@
 """A long-lived shared scheduler keeps nothing of finished sessions."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -140,23 +141,46 @@ def test_launcher_lost_by_the_scheduler_is_published_again(tmp_path) -> None:
         cluster.stop()
 
 
+def _finder() -> Callable[[str], list[str]]:
+    """A function that lists the types of the objects holding a string, anywhere in a process."""
+
+    def holders_of(encoded_needle: str) -> list[str]:
+        # Nested, so it travels by value to the worker, which cannot import this module. The
+        # needle comes hex-encoded: the call itself must not carry it.
+        import gc
+
+        needle = bytes.fromhex(encoded_needle).decode()
+
+        gc.collect()
+        found = []
+        # From every object the collector tracks, down through the containers it does not track
+        # (a dict or tuple holding only strings and numbers is untracked: its strings would be
+        # missed otherwise).
+        containers = (dict, list, tuple, set, frozenset)
+        seen: set[int] = set()
+        todo = list(gc.get_objects())
+        while todo:
+            obj = todo.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            for ref in gc.get_referents(obj):
+                if isinstance(ref, (bytes, bytearray, memoryview)):
+                    ref = bytes(ref).decode("latin-1")
+                if isinstance(ref, str):
+                    if needle in ref:
+                        found.append(type(obj).__name__)
+                elif isinstance(ref, containers) and not gc.is_tracked(ref):
+                    todo.append(ref)
+        return found
+
+    return holders_of
+
+
 def test_finished_session_leaves_no_copy_of_its_output(separate_cluster: DaskProcesses) -> None:
     """What a job printed, logged and reported cannot be read on the scheduler or the worker
     afterwards (not in Dask's logs of recent messages, events, transitions or anywhere else)."""
     import uuid
-
-    def holders_of(needle: str) -> list[str]:
-        # Local, so it travels by value to the worker, which cannot import this module.
-        import gc
-
-        gc.collect()
-        found = []
-        for obj in gc.get_objects():
-            for ref in gc.get_referents(obj):
-                text = ref.decode("latin-1") if isinstance(ref, (bytes, bytearray)) else ref
-                if isinstance(text, str) and needle in text:
-                    found.append(type(obj).__name__)
-        return found
 
     token = uuid.uuid4().hex
     leaky = script_asset("leaky", "print_token.py", env={"TOKEN_REVERSED": token[::-1]})
@@ -165,11 +189,37 @@ def test_finished_session_leaves_no_copy_of_its_output(separate_cluster: DaskPro
     assert result.success
     [materialization] = result.asset_materializations_for_node("leaky")
     assert materialization.metadata["token"].value == token  # it did travel
-    with Client(separate_cluster.address, timeout=10, set_as_default=False) as observer:
-        reversed_token = token[::-1]  # this test's own calls must not carry the token either
-        on_scheduler = observer.run_on_scheduler(
-            lambda dask_scheduler=None: holders_of(reversed_token[::-1])
-        )
-        on_workers = observer.run(lambda: holders_of(reversed_token[::-1]))
-    assert on_scheduler == []
-    assert list(on_workers.values()) == [[]]
+    assert _holders_on_cluster(separate_cluster.address, token) == ([], [[]])
+
+
+def test_finished_session_leaves_no_copy_of_its_environment(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """A secret passed in ``env=`` stays nowhere on the scheduler or the worker afterwards (the
+    launch spec waits on the scheduler for its launcher instead of riding the task)."""
+    import uuid
+
+    secret = uuid.uuid4().hex
+
+    @asset
+    def with_secret(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context,
+            command=["sh", "-c", 'test "$API_TOKEN" = "$0"', secret],
+            env={"API_TOKEN": secret},
+        ).get_results()
+
+    client = PipesDaskClient(scheduler_address=separate_cluster.address)
+    for _ in range(2):  # the first run on a connection waits for the stash; later ones do not
+        assert materialize([with_secret], resources={"dask_pipes": client}).success
+    assert _holders_on_cluster(separate_cluster.address, secret) == ([], [[]])
+
+
+def _holders_on_cluster(address: str, needle: str) -> tuple[list[str], list[list[str]]]:
+    """What holds ``needle`` on the scheduler, and on each worker."""
+    holders_of = _finder()
+    encoded = needle.encode().hex()
+    with Client(address, timeout=10, set_as_default=False) as observer:
+        on_scheduler = observer.run_on_scheduler(lambda dask_scheduler=None: holders_of(encoded))
+        on_workers = observer.run(lambda: holders_of(encoded))
+    return on_scheduler, list(on_workers.values())

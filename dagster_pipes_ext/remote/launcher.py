@@ -25,11 +25,11 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 from dagster_pipes_ext.remote import dask_compat
 from dagster_pipes_ext.remote.process import Supervised, describe_signal, launch_error
-from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION
+from dagster_pipes_ext.remote.scheduler_ops import CLAIM_SESSION, FORGET_SESSION, TAKE_SPEC
 from dagster_pipes_ext.remote.sender import Heartbeat, ReaderGone, Sender
 from dagster_pipes_ext.remote.stdio import StdioDrain
 from dagster_pipes_ext.remote.stop import StopPolicy
@@ -43,18 +43,21 @@ from dagster_pipes_ext.remote.wire import (
     WINDOW_BATCHES,
     LaunchOutcome,
     LaunchSpec,
+    SpecRef,
     encode_param,
 )
 
+SPEC_WAIT_SECONDS = 10.0  # for a stashed spec that was not on the scheduler at the claim
+SPEC_POLL_SECONDS = 0.005
 # Where a worker process keeps the launchers it unpickled (see ``launcher_entry``).
 _ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
 
 
-def launch(spec: LaunchSpec) -> LaunchOutcome:
+def launch(argument: LaunchSpec | SpecRef) -> LaunchOutcome:
     """Run one Pipes session's command on this worker and stream what it reports.
 
     Args:
-        spec: The session's launch specification.
+        argument: The session's launch specification, or where to claim it on the scheduler.
 
     Returns:
         The outcome of the command (exit code, last sequence number sent, worker facts).
@@ -63,9 +66,8 @@ def launch(spec: LaunchSpec) -> LaunchOutcome:
 
     worker = get_worker()
     outcome = _new_outcome(worker)
-    if _already_claimed(worker, spec["claim_event"]):
-        outcome["status"] = "redelivered"
-        outcome["error"] = "the session was already started by an earlier delivery of this task"
+    spec = _claimed_spec(worker, argument, outcome)
+    if spec is None:
         return outcome
     policy = StopPolicy(worker, spec)
     sender = Sender(worker, spec["queue"], spec["max_batch_bytes"], on_blocked=policy.while_blocked)
@@ -112,19 +114,51 @@ def _new_outcome(worker: Any) -> LaunchOutcome:
     }
 
 
-def _already_claimed(worker: Any, name: str) -> bool:
-    """Set the session's claim event; return whether an earlier delivery had already set it.
+def _claimed_spec(
+    worker: Any, argument: LaunchSpec | SpecRef, outcome: LaunchOutcome
+) -> LaunchSpec | None:
+    """Claim the session; its spec, or ``None`` (and why, in ``outcome``) to run nothing."""
+    already, spec = _claim(worker, argument)
+    if already:
+        outcome["status"] = "redelivered"
+        outcome["error"] = "the session was already started by an earlier delivery of this task"
+    elif spec is None:
+        outcome["error"] = (
+            "the session's launch specification never reached the Dask scheduler (the "
+            f"orchestrator's call to store it failed, or took over {SPEC_WAIT_SECONDS:g} s)"
+        )
+    return None if already else spec
 
-    One scheduler call; two event calls where the scheduler refuses ``run_function``.
+
+def _claim(worker: Any, argument: LaunchSpec | SpecRef) -> tuple[bool, LaunchSpec | None]:
+    """Set the session's claim event: whether an earlier delivery had set it, and the spec.
+
+    One scheduler call, which also takes the spec the orchestrator stashed there (``None``:
+    it never arrived); two event calls where the scheduler refuses ``run_function``, and then
+    the task carries the spec itself.
     """
+    name = argument["claim_event"]
 
-    def by_events() -> bool:
+    def by_events() -> tuple[bool, None]:
         if dask_compat.worker_rpc(worker, "event_is_set", name=name):
-            return True
+            return True, None
         dask_compat.worker_rpc(worker, "event_set", name=name)
-        return False
+        return False, None
 
-    return bool(dask_compat.run_function_from_worker(worker, CLAIM_SESSION, (name,), by_events))
+    already, stashed = dask_compat.run_function_from_worker(
+        worker, CLAIM_SESSION, (name,), by_events
+    )
+    if already:
+        return True, None
+    if not argument.get("stashed"):
+        return False, cast(LaunchSpec, argument)
+    # The stash call and the task travel on different channels: the spec is there almost
+    # always, and otherwise within milliseconds.
+    deadline = time.monotonic() + SPEC_WAIT_SECONDS
+    while stashed is None and time.monotonic() < deadline:
+        time.sleep(SPEC_POLL_SECONDS)
+        stashed = dask_compat.run_function_from_worker(worker, TAKE_SPEC, (name,), lambda: None)
+    return False, stashed
 
 
 def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
@@ -315,7 +349,7 @@ def launcher_entry(digest: str) -> Any:
     ``"launcher_missing"`` before claiming the session, and the client publishes it again.
     """
 
-    def entry(spec: LaunchSpec) -> LaunchOutcome:
+    def entry(spec: LaunchSpec | SpecRef) -> LaunchOutcome:
         import pickle
         import types
 

@@ -35,12 +35,39 @@ def on_scheduler(function: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def claim_session(name: str, dask_scheduler: Any = None) -> bool:
-    """Set a session's claim event and return whether it was set before."""
+# An attribute of the scheduler object holding the launch specs not yet claimed, by claim event.
+SPECS_ATTRIBUTE = "_dagster_pipes_ext_specs"
+
+
+def _specs(dask_scheduler: Any) -> dict[str, Any]:
+    specs = getattr(dask_scheduler, SPECS_ATTRIBUTE, None)
+    if specs is None:
+        specs = {}
+        setattr(dask_scheduler, SPECS_ATTRIBUTE, specs)
+    return specs
+
+
+def stash_spec(name: str, spec: Any, dask_scheduler: Any = None) -> None:
+    """Keep a session's launch spec until its launcher claims the session (``name``).
+
+    The task's own arguments travel on Dask's batched streams, whose logs of recent messages
+    keep them (the command's environment included) long after the session; a spec taken from
+    here travels on RPCs only, and nothing of it stays once the launcher has it.
+    """
+    _specs(dask_scheduler)[name] = spec
+
+
+def claim_session(name: str, dask_scheduler: Any = None) -> tuple[bool, Any]:
+    """Set a session's claim event; return whether it was set before, and the stashed spec."""
     extension = event_extension(dask_scheduler)
     already = bool(extension.event_is_set(name=name))
     extension.event_set(name=name)
-    return already
+    return already, _specs(dask_scheduler).pop(name, None)
+
+
+def take_spec(name: str, dask_scheduler: Any = None) -> Any:
+    """The stashed spec of a claimed session, if it has arrived (``None`` otherwise)."""
+    return _specs(dask_scheduler).pop(name, None)
 
 
 def open_session(
@@ -67,6 +94,7 @@ def forget_session(
     still putting into the removed queue learns that its reader is gone.
     """
     drop_queue(dask_scheduler, queue)
+    _specs(dask_scheduler).pop(events[0], None)  # a task that never started
     extension = event_extension(dask_scheduler)
     if extension is not None:
         if release_launcher:
@@ -99,7 +127,9 @@ def dashboard_served(dask_scheduler: Any = None) -> bool:
     return "distributed.dashboard.scheduler" in sys.modules
 
 
+STASH_SPEC = on_scheduler(stash_spec)
 CLAIM_SESSION = on_scheduler(claim_session)
+TAKE_SPEC = on_scheduler(take_spec)
 OPEN_SESSION = on_scheduler(open_session)
 FORGET_SESSION = on_scheduler(forget_session)
 TASK_STATE = on_scheduler(task_state)

@@ -73,6 +73,16 @@ class LaunchSpec(TypedDict):
     heartbeat_timeout_seconds: float
 
 
+class SpecRef(TypedDict):
+    """The task's argument when the session's spec waits on the scheduler for the launcher.
+
+    Where ``run_function`` is refused the task carries the whole :class:`LaunchSpec` instead.
+    """
+
+    claim_event: str
+    stashed: bool
+
+
 class EventBatch(TypedDict):
     """One item of the session's data queue: a sequence number and ordered records.
 
