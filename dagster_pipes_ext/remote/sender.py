@@ -99,7 +99,6 @@ class Heartbeat:
         self._thread = threading.Thread(
             target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
         )
-        self._thread.start()
 
     def _beat(self, worker: Any, topic: str, interval: float) -> None:
         beat = 0
@@ -111,9 +110,13 @@ class Heartbeat:
                 self._proc.heartbeat()
 
     def attach(self, proc: Supervised) -> None:
-        """Beat for the command's supervisor too (it stops the command when beats stop)."""
+        """Start beating, for the command's supervisor too (it stops the command when beats stop).
+
+        Once the command has started: a thread start does not delay it.
+        """
         self._proc = proc
         proc.heartbeat()
+        self._thread.start()
 
     def stop(self) -> None:
         """Stop beating."""

@@ -38,17 +38,21 @@ class StopPolicy:
         self.abandoned = False
         self.exited = False
         self._done = threading.Event()
+        self._stop_event = spec["stop_event"]
+
+    def watch(self, proc: Supervised, sender: Sender) -> None:
+        """The command started: its supervisor, and where notices go; watch the stop event.
+
+        (A stop requested earlier is seen at once: the event stays set.)
+        """
+        self._proc = proc
+        self._sender = sender
         threading.Thread(
             target=self._watch_stop_event,
-            args=(spec["stop_event"],),
+            args=(self._stop_event,),
             daemon=True,
             name="pipes-stop-watch",
         ).start()
-
-    def watch(self, proc: Supervised, sender: Sender) -> None:
-        """The command started: its supervisor, and where notices go."""
-        self._proc = proc
-        self._sender = sender
 
     def _watch_stop_event(self, name: str) -> None:
         """Long-poll the session's stop event on the scheduler until the launcher is done."""
