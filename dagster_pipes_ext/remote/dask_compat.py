@@ -83,6 +83,18 @@ def queue_put(worker: Any, name: str, batch: Any, timeout: float) -> None:
         raise QueueMissing(name) from exc
 
 
+def queue_size(worker: Any, name: str) -> int:
+    """The number of items in a scheduler queue (a few bytes each way).
+
+    Raises:
+        QueueMissing: There is no such queue.
+    """
+    try:
+        return int(worker_rpc(worker, "queue_qsize", name=name))
+    except KeyError as exc:
+        raise QueueMissing(name) from exc
+
+
 def current_task_key() -> Any:
     """The key of the task running in this thread (``distributed.worker.thread_state``)."""
     try:

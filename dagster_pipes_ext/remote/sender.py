@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dagster_pipes_ext.remote import dask_compat
-from dagster_pipes_ext.remote.wire import HEARTBEAT_KEY, REC_NOTE, EventBatch
+from dagster_pipes_ext.remote.wire import HEARTBEAT_KEY, REC_NOTE, WINDOW_BATCHES, EventBatch
 
 if TYPE_CHECKING:
     from dagster_pipes_ext.remote.process import Supervised
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # The size a record counts for in a batch when it carries no text.
 RECORD_OVERHEAD_BYTES = 64
 PUT_SLICE_SECONDS = 0.5  # one wait for room in the data queue, between stop-policy checks
+ROOM_POLL_FIRST_SECONDS = 0.005  # then doubling, up to PUT_SLICE_SECONDS
 QUEUE_CREATE_WAIT_SECONDS = 30.0  # how long the data queue may take to appear
 QUEUE_CREATE_POLL_SECONDS = 0.002
 
@@ -43,6 +44,7 @@ class Sender:
         self._records: list[list[Any]] = []
         self._size = 0
         self._queue_seen = False
+        self._queue_full = False  # the last put found the queue full
         self.last_seq = -1
 
     def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
@@ -63,16 +65,24 @@ class Sender:
         self._size += RECORD_OVERHEAD_BYTES
 
     def flush(self) -> None:
-        """Send the current batch, if it holds anything (waiting while the queue is full)."""
+        """Send the current batch, if it holds anything (waiting while the queue is full).
+
+        A put that finds the queue full sends the batch and waits on the scheduler; the waits
+        after that ask for the queue's size (a few bytes) until there is room, rather than
+        send the batch (up to ``max_batch_bytes``) again every :data:`PUT_SLICE_SECONDS`.
+        """
         if not self._records:
             return
         batch: EventBatch = {"s": self.last_seq + 1, "r": self._records}
         created_by = time.monotonic() + QUEUE_CREATE_WAIT_SECONDS
         while True:
             try:
+                if self._queue_full:
+                    self._wait_for_room()
                 dask_compat.queue_put(self._worker, self._queue, batch, PUT_SLICE_SECONDS)
                 break
             except TimeoutError:
+                self._queue_seen = self._queue_full = True
                 self._on_blocked()
             except dask_compat.QueueMissing:
                 # Created by the orchestrator as the task was submitted, and removed when it
@@ -83,6 +93,19 @@ class Sender:
         self._queue_seen = True
         self.last_seq += 1
         self._records = []
+
+    def _wait_for_room(self) -> None:
+        """Wait until the queue has room, polling its size more slowly as the wait goes on.
+
+        The window behind the reader is several batches deep, so a put that comes a little
+        after the room does never starves it.
+        """
+        delay = ROOM_POLL_FIRST_SECONDS
+        while dask_compat.queue_size(self._worker, self._queue) >= WINDOW_BATCHES:
+            self._on_blocked()
+            time.sleep(delay)
+            delay = min(delay * 2, PUT_SLICE_SECONDS)
+        self._queue_full = False
         self._size = 0
 
 
