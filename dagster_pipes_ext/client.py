@@ -221,7 +221,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             ) as session:
                 spec = self._build_spec(task, argv, env, cwd, injector)
                 outcome = task.run(spec, reader, context.log)
-                if outcome["status"] != "redelivered":
+                if outcome["last_seq"] >= 0:  # the launcher sent something, its last batch too
                     reader.wait_for_end()
                 error = error_for_outcome(outcome, started_on=reader.worker_address)
                 if error is None and outcome["status"] != "launch_failed":

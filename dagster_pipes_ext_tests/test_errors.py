@@ -20,7 +20,9 @@ from dagster_pipes_ext import (
 from dagster_pipes_ext_tests.conftest import script
 from dagster_pipes_ext_tests.support.processes import (
     DaskProcesses,
+    start_cluster,
     start_scheduler,
+    start_worker,
     stop_pid,
     wait_for,
 )
@@ -277,3 +279,56 @@ def test_scheduler_without_workers_fails_with_no_worker_error(empty_scheduler: s
     assert "No Dask worker connected to the scheduler within 3s" in message
     assert elapsed < FAST_FAILURE_SECONDS
     _assert_clean(empty_scheduler, result.run_id, ENV_REPORT)
+
+
+def test_a_launch_spec_that_never_reached_the_scheduler_fails_the_launch_quickly(
+    tmp_path: Path,
+) -> None:
+    """The launcher takes the session's spec from the scheduler with its claim; if it is not
+    there (lost), the step fails with a clear launch error within the launcher's 10 s wait, not
+    after the reader's drain timeout."""
+    import threading
+
+    from dagster_pipes_ext.remote.scheduler_ops import SPECS_ATTRIBUTE
+
+    cluster = start_cluster(n_workers=1)
+    outcome: dict[str, Any] = {}
+    try:
+        pipes = _pipes(cluster.address, worker_wait_timeout_seconds=60)
+
+        def step() -> None:
+            # Needs a worker that is not there yet: the spec waits on the scheduler meanwhile.
+            run_kwargs = {"command": ["python", ENV_REPORT], "resources": {"GATE": 1}}
+            outcome["result"] = materialize(
+                [_probe(run_kwargs)], resources={"dask_pipes": pipes}, raise_on_error=False
+            )
+
+        runner = threading.Thread(target=step, daemon=True)
+        runner.start()
+
+        def drop_specs(dask_scheduler=None) -> int:
+            specs = getattr(dask_scheduler, SPECS_ATTRIBUTE, None) or {}
+            count = len(specs)
+            specs.clear()
+            return count
+
+        with Client(cluster.address, timeout=10, set_as_default=False) as observer:
+            wait_for(
+                lambda: observer.run_on_scheduler(drop_specs) == 1,
+                timeout=30,
+                what="the session's spec stashed on the scheduler",
+            )
+            cluster.workers.append(
+                start_worker(
+                    cluster.address, Path(cluster.worker_dir), name="gate", resources="GATE=1"
+                )
+            )
+            gate_at = time.monotonic()
+            runner.join(timeout=SANITY_SECONDS)
+        assert not runner.is_alive()
+        assert time.monotonic() - gate_at < 20  # the 10 s wait, not the 60 s drain timeout
+        cls_name, message = _step_error(outcome["result"])
+        assert cls_name == "PipesDaskLaunchError"
+        assert "launch specification never reached the Dask scheduler" in message
+    finally:
+        cluster.stop()
