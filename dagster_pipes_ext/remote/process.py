@@ -146,8 +146,7 @@ class Supervised:
         Called once the session's outcome went out: neither the supervisor's exit nor the next
         spare's start-up (a fork of the worker process, then an interpreter) delays the run.
         """
-        self._close_control()
-        self._reap()
+        self.kill()  # the supervisor has exited already: this only reaps it
         self._spares.replenish()
 
     def _close_control(self) -> None:
