@@ -118,6 +118,10 @@ class Heartbeat:
 
     def __init__(self, worker: Any, topic: str, interval: float) -> None:
         self._done = threading.Event()
+        # Held while a beat is sent: once stop() has returned no beat can follow, so none
+        # reaches the scheduler after the task's result (both go through the worker's loop,
+        # in order) and re-creates the topic the orchestrator is about to forget.
+        self._sending = threading.Lock()
         self._proc: Supervised | None = None
         self._thread = threading.Thread(
             target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
@@ -126,11 +130,14 @@ class Heartbeat:
     def _beat(self, worker: Any, topic: str, interval: float) -> None:
         beat = 0
         while not self._done.wait(interval):
-            beat += 1
-            with contextlib.suppress(Exception):
-                worker.log_event(topic, {HEARTBEAT_KEY: beat})
-            if self._proc is not None:
-                self._proc.heartbeat()
+            with self._sending:
+                if self._done.is_set():
+                    return
+                beat += 1
+                with contextlib.suppress(Exception):
+                    worker.log_event(topic, {HEARTBEAT_KEY: beat})
+                if self._proc is not None:
+                    self._proc.heartbeat()
 
     def attach(self, proc: Supervised) -> None:
         """Start beating, for the command's supervisor too (it stops the command when beats stop).
@@ -142,5 +149,6 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating."""
-        self._done.set()
+        """Stop beating; a beat being sent is sent before this returns, none after."""
+        with self._sending:
+            self._done.set()
