@@ -104,6 +104,8 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._on_end = on_end
         self._handler: PipesMessageHandler | None = None
         self._opening: concurrent.futures.Future[Any] | None = None
+        # Dask's own queue_get, not this package's scheduler handler (not installed there)
+        self._stock_queue_calls = False
         self._next_seq = 0
         self._fragments: list[bytes] = []
         self._malformed = 0
@@ -213,6 +215,7 @@ class PipesDaskMessageReader(PipesMessageReader):
 
     def _open_with_plain_calls(self) -> None:
         # Where run_function is refused: the batched subscription and a queue_create RPC.
+        self._stock_queue_calls = True
         self._client.subscribe_topic(self.topic, self._on_event)
         dask_compat.create_queue(self._client, self.queue, WINDOW_BATCHES)
 
@@ -264,9 +267,13 @@ class PipesDaskMessageReader(PipesMessageReader):
                     self._client,
                     self.queue,
                     timeout=CLOSING_POLL_SECONDS if closing else QUEUE_POLL_SECONDS,
+                    stock=self._stock_queue_calls,
                 )
                 self._empty_since = None
                 return batch
+            except dask_compat.HandlersMissing:
+                self._stock_queue_calls = True
+                continue
             except TimeoutError:
                 if self._empty_since is None:
                     self._empty_since = time.monotonic()

@@ -1,5 +1,6 @@
 """A long-lived shared scheduler keeps nothing of finished sessions."""
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,3 +224,119 @@ def _holders_on_cluster(address: str, needle: str) -> tuple[list[str], list[list
         on_scheduler = observer.run_on_scheduler(lambda dask_scheduler=None: holders_of(encoded))
         on_workers = observer.run(lambda: holders_of(encoded))
     return on_scheduler, list(on_workers.values())
+
+
+def test_worker_profiler_keeps_no_launcher_stacks(separate_cluster: DaskProcesses) -> None:
+    """Dask's profiler keeps 1,000 s of stacks of every task thread; a launcher waiting on its
+    command must not fill it (a plain task of the same length shows that it samples).
+
+    A launcher may leave a sample or two per session: the profiler copies the list of task
+    threads before it reads their stacks, so the first sample after the launcher left it can
+    still be the launcher's. Waiting 2.5 s used to leave ~250.
+    """
+
+    @asset
+    def waiting(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(context=context, command=["sleep", "2.5"]).get_results()
+
+    # Nested, so that they travel by value: the worker cannot import the test package.
+    def sleeping_task(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def samples_by_key(dask_worker=None) -> dict[str, int]:
+        """Samples the worker's profiler took of each task-key prefix, recent and history."""
+        counts: dict[str, int] = {}
+        cycles = [by_key for _, by_key in dask_worker.profile_keys_history]
+        for by_key in [*cycles, dask_worker.profile_keys]:
+            for prefix, tree in by_key.items():
+                counts[prefix] = counts.get(prefix, 0) + tree["count"]
+        return counts
+
+    client = PipesDaskClient(scheduler_address=separate_cluster.address)
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as observer:
+        assert materialize([waiting], resources={"dask_pipes": client}).success
+        assert observer.submit(sleeping_task, 1.5, pure=False).result(timeout=30) == 1.5
+        time.sleep(1.2)  # the profiler's 1 s cycle moves the last samples into its history
+        [counts] = observer.run(samples_by_key).values()
+    plain = counts.get("sleeping_task", 0)
+    launcher = sum(n for prefix, n in counts.items() if prefix.startswith("dagster-pipes-waiting"))
+    assert plain >= 30, f"the profiler took {plain} samples of a 1.5 s task: {counts}"
+    assert launcher <= 5, f"{launcher} samples of a launcher that waited 2.5 s: {counts}"
+
+
+def test_an_expired_wait_keeps_nothing_alive(caplog: pytest.LogCaptureFixture) -> None:
+    """A put into a full queue that times out (the launcher's wait while the reader is behind)
+    is an answer: the scheduler logs no error, and nothing is left for the cyclic garbage
+    collector, not the batch, not the caller's frame.
+
+    Dask's ``queue_put`` raises; the scheduler logged each one as an ERROR with a traceback,
+    and the exception, held in reference cycles among ``distributed``'s frames, kept the
+    caller's frames with the batch in them until a full collection.
+    """
+    import gc
+    import logging
+    import types
+
+    from distributed import LocalCluster, Queue
+
+    from dagster_pipes_ext.remote import dask_compat
+    from dagster_pipes_ext.remote.scheduler_ops import install_queue_handlers, on_scheduler
+
+    def put_batch(worker, n: int) -> bool:
+        batch = f"batch {n} " + "x" * 4096
+        try:
+            dask_compat.queue_put(worker, "full", batch, 0.05)
+        except TimeoutError:
+            return True
+        return False
+
+    def is_batch(o: object) -> bool:
+        return isinstance(o, str) and o.startswith("batch ") and o.endswith("x" * 4096)
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        caplog.at_level(logging.WARNING, logger="distributed"),
+    ):
+        client.run_on_scheduler(on_scheduler(install_queue_handlers))
+        Queue("full", client=client, maxsize=1).put(0, timeout=10)
+        [worker] = cluster.workers.values()
+        gc.collect()
+        gc.disable()
+        try:
+            timed_out = [put_batch(worker, n) for n in range(5)]
+            tracked = gc.get_objects()
+            frames = [
+                o
+                for o in tracked
+                if isinstance(o, types.FrameType) and o.f_code is put_batch.__code__
+            ]
+            holders = [o for o in tracked if any(is_batch(r) for r in gc.get_referents(o))]
+            del tracked
+        finally:
+            gc.enable()
+    assert timed_out == [True] * 5
+    assert (len(frames), len(holders)) == (0, 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_quiet_session_leaves_no_errors_in_the_scheduler_log(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """The reader waits 0.5 s at a time on the scheduler; a wait that expires is no error.
+
+    With Dask's ``queue_get`` the scheduler logged an ERROR with a traceback for each one: a
+    command that prints nothing for an hour left 7,200 in a shared scheduler's log.
+    """
+
+    @asset
+    def quiet(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(context=context, command=["sleep", "2"]).get_results()
+
+    log = Path(separate_cluster.worker_dir) / "scheduler.log"
+    before = log.read_text(errors="replace").count("Exception while handling op")
+    client = PipesDaskClient(scheduler_address=separate_cluster.address)
+    assert materialize([quiet], resources={"dask_pipes": client}).success
+    text = log.read_text(errors="replace")
+    assert text.count("Exception while handling op") == before, text[-3000:]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 T = TypeVar("T")
@@ -59,28 +61,78 @@ def drop_queue(dask_scheduler: Any, name: str) -> None:
 # -- on a worker --------------------------------------------------------------------------------
 
 
+def detached(exc: BaseException) -> BaseException:
+    """A copy of an exception that a scheduler call raised, for the caller to raise instead.
+
+    Such an exception is held by reference cycles among ``distributed``'s frames
+    (``send_recv`` and ``sync`` keep it in their locals, their tracebacks keep those frames),
+    so raising it again would hang the caller's frames on it, through its traceback and their
+    ``f_back``, with every local in them: batches of up to ``max_batch_bytes``, freed only when
+    a full garbage collection found them (26 batches, 13.6 MB, were waiting for one on a
+    flood's worker). The copy has the same type and arguments, and no traceback. The callers
+    take these exceptions as answers (a full or missing queue, an expired wait).
+    """
+    exc.__traceback__ = None
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:
+        return exc
+    return copy
+
+
 def worker_rpc(worker: Any, op: str, **kwargs: Any) -> Any:
     """Call a scheduler handler from a task thread through the worker's own connection pool."""
     from distributed.utils import sync
 
-    return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+    try:
+        return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+    except Exception as exc:
+        raise detached(exc) from None
 
 
 class QueueMissing(Exception):
     """The session's data queue does not exist on the scheduler (not yet, or not any more)."""
 
 
-def queue_put(worker: Any, name: str, batch: Any, timeout: float) -> None:
+class HandlersMissing(Exception):
+    """The scheduler lacks this package's queue handlers (it refuses ``run_on_scheduler``)."""
+
+
+# Scheduler handlers added by ``scheduler_ops.install_queue_handlers``: Dask's ``queue_put`` and
+# ``queue_get`` with the same records, answering an expired wait instead of raising it. A
+# long-lived scheduler keeps them; the version in the name keeps a changed protocol apart.
+PUT_HANDLER = "dagster_pipes_queue_put_v1"
+TAKE_HANDLER = "dagster_pipes_queue_take_v1"
+
+
+def queue_put(worker: Any, name: str, batch: Any, timeout: float, stock: bool = False) -> None:
     """Put one batch into a scheduler queue; wait at most ``timeout`` for room.
+
+    Through :data:`PUT_HANDLER`, or Dask's own ``queue_put`` with ``stock`` (whose expired wait
+    the scheduler logs as an ERROR with a traceback).
 
     Raises:
         TimeoutError: The queue stayed full (the reader is behind); nothing was put.
         QueueMissing: There is no such queue.
+        HandlersMissing: The scheduler has no :data:`PUT_HANDLER` (the queue exists).
     """
-    try:
-        worker_rpc(worker, "queue_put", name=name, data=batch, timeout=timeout)
-    except KeyError as exc:
-        raise QueueMissing(name) from exc
+    if stock:
+        try:
+            worker_rpc(worker, "queue_put", name=name, data=batch, timeout=timeout)
+        except KeyError:
+            raise QueueMissing(name) from None
+        return
+    answer = worker_rpc(worker, PUT_HANDLER, name=name, data=batch, timeout=timeout)
+    if answer == "ok":
+        return
+    if answer == "full":
+        raise TimeoutError(f"scheduler queue {name!r} stayed full for {timeout:g} s")
+    if answer == "missing":
+        raise QueueMissing(name)
+    # No answer: the scheduler has no such handler. Until the orchestrator has opened the
+    # session it has no queue either (the handlers are installed first).
+    queue_size(worker, name)
+    raise HandlersMissing(PUT_HANDLER)
 
 
 def queue_size(worker: Any, name: str) -> int:
@@ -91,8 +143,35 @@ def queue_size(worker: Any, name: str) -> int:
     """
     try:
         return int(worker_rpc(worker, "queue_qsize", name=name))
-    except KeyError as exc:
-        raise QueueMissing(name) from exc
+    except KeyError:
+        raise QueueMissing(name) from None
+
+
+@contextlib.contextmanager
+def unprofiled_task_thread(worker: Any) -> Iterator[None]:
+    """Keep this task thread out of the worker's statistical profiler while the block runs.
+
+    The profiler (``Worker.trigger_profile``) samples every thread in ``Worker.active_threads``
+    every 10 ms and keeps a call tree per second of the last
+    ``distributed.admin.low-level-log-length`` (1,000) seconds, twice (``profile_history``,
+    ``profile_keys_history``). A launcher that waits hours on its command would fill both with
+    its own waiting stacks (25 MB on a worker, measured) and nothing of the command, which runs
+    in its own process. The thread is put back before the task returns: Dask deletes it then.
+    """
+    threads = getattr(worker, "active_threads", None)
+    lock = getattr(worker, "active_threads_lock", None)
+    ident = threading.get_ident()
+    if not isinstance(threads, dict) or lock is None:
+        yield
+        return
+    with lock:
+        key = threads.pop(ident, None)
+    try:
+        yield
+    finally:
+        if key is not None:
+            with lock:
+                threads[ident] = key
 
 
 def current_task_key() -> Any:
@@ -192,27 +271,44 @@ def set_topic_handler(client: Any, topic: str, handler: Callable[[Any], None] | 
     return True
 
 
-def queue_get(client: Any, name: str, timeout: float) -> Any:
+def queue_get(client: Any, name: str, timeout: float, stock: bool = False) -> Any:
     """Take the next item of a scheduler queue, waiting at most ``timeout`` on the scheduler.
 
-    The wait happens on the scheduler, so an expired wait takes nothing from the queue.
+    The wait happens on the scheduler, so an expired wait takes nothing from the queue. Through
+    :data:`TAKE_HANDLER`, or Dask's own ``queue_get`` with ``stock`` (whose expired wait the
+    scheduler logs as an ERROR with a traceback: every 0.5 s while the command is quiet).
 
     Raises:
         TimeoutError: Nothing arrived in time.
         QueueMissing: There is no such queue.
+        HandlersMissing: The scheduler has no :data:`TAKE_HANDLER`.
     """
+    # A guard against a connection that hangs (the scheduler died): an answer lost this way is
+    # a gap in the sequence numbers, which fails the step.
+    guard = timeout + QUEUE_GET_GUARD_SECONDS
     try:
-        record = client.sync(
-            client.scheduler.queue_get,
+        if stock:
+            record = client.sync(
+                client.scheduler.queue_get, name=name, timeout=timeout, callback_timeout=guard
+            )
+            return record["value"]
+        answer = client.sync(
+            getattr(client.scheduler, TAKE_HANDLER),
             name=name,
             timeout=timeout,
-            # A guard against a connection that hangs (the scheduler died): an answer lost this
-            # way is a gap in the sequence numbers, which fails the step.
-            callback_timeout=timeout + QUEUE_GET_GUARD_SECONDS,
+            callback_timeout=guard,
         )
-    except KeyError as exc:
-        raise QueueMissing(name) from exc
-    return record["value"]
+    except KeyError:
+        raise QueueMissing(name) from None
+    except Exception as exc:
+        raise detached(exc) from None
+    if answer is None:
+        raise HandlersMissing(TAKE_HANDLER)
+    if "value" in answer:
+        return answer["value"]
+    if answer.get("missing"):
+        raise QueueMissing(name)
+    raise TimeoutError(f"nothing arrived in scheduler queue {name!r} within {timeout:g} s")
 
 
 def create_queue(client: Any, name: str, maxsize: int) -> None:

@@ -65,6 +65,11 @@ def launch(argument: LaunchSpec | SpecRef) -> LaunchOutcome:
     from distributed import get_worker
 
     worker = get_worker()
+    with dask_compat.unprofiled_task_thread(worker):
+        return _launch(worker, argument)
+
+
+def _launch(worker: Any, argument: LaunchSpec | SpecRef) -> LaunchOutcome:
     outcome = _new_outcome(worker)
     spec = _claimed_spec(worker, argument, outcome)
     if spec is None:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dagster_pipes_ext.remote.dask_compat import (
+    PUT_HANDLER,
+    TAKE_HANDLER,
     drop_queue,
     event_extension,
     queue_extension,
@@ -70,14 +72,59 @@ def take_spec(name: str, dask_scheduler: Any = None) -> Any:
     return _specs(dask_scheduler).pop(name, None)
 
 
+def install_queue_handlers(dask_scheduler: Any) -> None:
+    """Add a put and a take on the scheduler's queues that answer an expired wait.
+
+    Dask's ``queue_put`` and ``queue_get`` raise ``TimeoutError`` when their wait expires, and
+    the scheduler logs every handler exception as an ERROR with its traceback: each 0.5 s wait
+    of a reader whose command is quiet, each wait for room while the reader is behind. The raised
+    exception also sits in reference cycles with the caller's frames until a full garbage
+    collection. These two do the same with the same records, and answer instead.
+    """
+    handlers = dask_scheduler.handlers
+    if TAKE_HANDLER in handlers:
+        return
+    import asyncio
+
+    from distributed.utils import wait_for
+
+    def queues() -> dict[str, Any]:
+        return queue_extension(dask_scheduler).queues  # type: ignore[no-any-return]
+
+    async def put(name: str = "", data: Any = None, timeout: float = 0.0) -> str:
+        queue = queues().get(name)
+        if queue is None:
+            return "missing"
+        try:
+            await wait_for(queue.put({"type": "msgpack", "value": data}), timeout)
+        except asyncio.TimeoutError:
+            return "full"
+        return "ok"
+
+    async def take(name: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        queue = queues().get(name)
+        if queue is None:
+            return {"missing": True}
+        try:
+            record = await wait_for(queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return {"empty": True}
+        return {"value": record["value"]}
+
+    handlers[PUT_HANDLER] = put
+    handlers[TAKE_HANDLER] = take
+
+
 def open_session(
     topic: str, queue: str, maxsize: int, client_id: str, dask_scheduler: Any = None
 ) -> None:
     """Subscribe the orchestrator to the session's topic and create its bounded data queue.
 
     One call, started before the task is submitted and not waited for: the launcher retries a
-    put until the queue exists, and the topic carries only heartbeats.
+    put until the queue exists, and the topic carries only heartbeats. The queue handlers are
+    installed first, so they exist wherever the queue does.
     """
+    install_queue_handlers(dask_scheduler)
     dask_scheduler.subscribe_topic(topic, client_id)
     queue_extension(dask_scheduler).create(name=queue, client=client_id, maxsize=maxsize)
 

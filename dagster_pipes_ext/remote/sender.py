@@ -45,6 +45,7 @@ class Sender:
         self._size = 0
         self._queue_seen = False
         self._queue_full = False  # the last put found the queue full
+        self._stock = False  # Dask's own queue_put: the scheduler lacks this package's handlers
         self.last_seq = -1
 
     def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
@@ -79,11 +80,15 @@ class Sender:
             try:
                 if self._queue_full:
                     self._wait_for_room()
-                dask_compat.queue_put(self._worker, self._queue, batch, PUT_SLICE_SECONDS)
+                dask_compat.queue_put(
+                    self._worker, self._queue, batch, PUT_SLICE_SECONDS, stock=self._stock
+                )
                 break
             except TimeoutError:
                 self._queue_seen = self._queue_full = True
                 self._on_blocked()
+            except dask_compat.HandlersMissing:
+                self._stock = True  # where the orchestrator could not install them
             except dask_compat.QueueMissing:
                 # Created by the orchestrator as the task was submitted, and removed when it
                 # gave up on the session.
