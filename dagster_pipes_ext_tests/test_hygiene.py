@@ -10,7 +10,12 @@ from distributed import Client
 
 from dagster_pipes_ext import PipesDaskClient, PipesDaskNoWorkerError, close_cached_clients
 from dagster_pipes_ext_tests.conftest import script, script_asset
-from dagster_pipes_ext_tests.support.processes import DaskProcesses, start_cluster, start_worker
+from dagster_pipes_ext_tests.support.processes import (
+    DaskProcesses,
+    start_cluster,
+    start_worker,
+    wait_for,
+)
 
 
 def _scheduler_state(dask_scheduler=None) -> dict:
@@ -340,3 +345,41 @@ def test_a_quiet_session_leaves_no_errors_in_the_scheduler_log(
     assert materialize([quiet], resources={"dask_pipes": client}).success
     text = log.read_text(errors="replace")
     assert text.count("Exception while handling op") == before, text[-3000:]
+
+
+def test_a_late_heartbeat_does_not_create_a_forgotten_topic(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """A launcher's heartbeat that reaches the scheduler after the orchestrator removed the
+    session's topic is dropped; while the topic exists it is published to its subscriber.
+
+    Sent with the worker's ``log_event`` (its batched stream, which the session's last batch,
+    an RPC, can overtake) such a beat created the topic again, for the scheduler's lifetime:
+    seen in CI as a topic left by one of three sessions on a loaded machine.
+    """
+    import uuid
+
+    from dagster_pipes_ext.remote.dask_compat import BEAT_HANDLER
+    from dagster_pipes_ext.remote.scheduler_ops import install_queue_handlers, on_scheduler
+
+    topic = f"pipes-test-late-beat/{uuid.uuid4().hex}"
+    received: list = []
+
+    def topic_exists(dask_scheduler=None) -> bool:
+        return topic in dask_scheduler._broker._topics
+
+    def drop_topic(dask_scheduler=None) -> None:
+        dask_scheduler._broker._topics.pop(topic, None)
+
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
+        client.run_on_scheduler(on_scheduler(install_queue_handlers))
+        beat = getattr(client.scheduler, BEAT_HANDLER)
+        assert client.sync(beat, topic=topic, msg={"hb": 1}, callback_timeout=10) is False
+        assert client.run_on_scheduler(topic_exists) is False
+        client.subscribe_topic(topic, received.append)
+        wait_for(lambda: client.run_on_scheduler(topic_exists), 10, "the subscription")
+        assert client.sync(beat, topic=topic, msg={"hb": 2}, callback_timeout=10) is True
+        wait_for(lambda: received, 10, "the published heartbeat")
+        client.unsubscribe_topic(topic)
+        client.run_on_scheduler(drop_topic)
+    assert [event[1] for event in received] == [{"hb": 2}]

@@ -103,6 +103,14 @@ class HandlersMissing(Exception):
 # long-lived scheduler keeps them; the version in the name keeps a changed protocol apart.
 PUT_HANDLER = "dagster_pipes_queue_put_v1"
 TAKE_HANDLER = "dagster_pipes_queue_take_v1"
+# ... and a heartbeat published on the session's topic only while the topic exists.
+BEAT_HANDLER = "dagster_pipes_beat_v1"
+
+
+def start_worker_rpc(worker: Any, op: str, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """Start a scheduler call from a task's thread without waiting for its answer."""
+    coroutine = getattr(worker.scheduler, op)(**kwargs)
+    return asyncio.run_coroutine_threadsafe(coroutine, worker.loop.asyncio_loop)
 
 
 def queue_put(worker: Any, name: str, batch: Any, timeout: float, stock: bool = False) -> None:

@@ -76,7 +76,7 @@ def _launch(worker: Any, argument: LaunchSpec | SpecRef) -> LaunchOutcome:
         return outcome
     policy = StopPolicy(worker, spec)
     sender = Sender(worker, spec["queue"], spec["max_batch_bytes"], on_blocked=policy.while_blocked)
-    heartbeat = Heartbeat(worker, spec["topic"], spec["heartbeat_interval_seconds"])
+    heartbeat = Heartbeat(worker, spec["topic"], spec["heartbeat_interval_seconds"], sender)
     workdir = tempfile.mkdtemp(prefix="dagster-pipes-")
     proc: Supervised | None = None
     try:

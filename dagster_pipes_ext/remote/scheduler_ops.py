@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagster_pipes_ext.remote.dask_compat import (
+    BEAT_HANDLER,
     PUT_HANDLER,
     TAKE_HANDLER,
     drop_queue,
@@ -80,9 +81,14 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     of a reader whose command is quiet, each wait for room while the reader is behind. The raised
     exception also sits in reference cycles with the caller's frames until a full garbage
     collection. These two do the same with the same records, and answer instead.
+
+    A third publishes a launcher's heartbeat on the session's topic only while the topic
+    exists: a beat still on its way when the orchestrator removed the topic would otherwise
+    create it again, on a shared scheduler for its lifetime (a worker's ``log_event`` travels on
+    its batched stream, which the session's last batch, an RPC, can overtake).
     """
     handlers = dask_scheduler.handlers
-    if TAKE_HANDLER in handlers:
+    if BEAT_HANDLER in handlers:
         return
     import asyncio
 
@@ -111,8 +117,16 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
             return {"empty": True}
         return {"value": record["value"]}
 
+    def beat(topic: str = "", msg: Any = None) -> bool:
+        topics = scheduler_topics(dask_scheduler)
+        if topics is None or topic not in topics:
+            return False
+        dask_scheduler.log_event(topic, msg)
+        return True
+
     handlers[PUT_HANDLER] = put
     handlers[TAKE_HANDLER] = take
+    handlers[BEAT_HANDLER] = beat
 
 
 def open_session(

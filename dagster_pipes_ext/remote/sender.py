@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -45,7 +46,7 @@ class Sender:
         self._size = 0
         self._queue_seen = False
         self._queue_full = False  # the last put found the queue full
-        self._stock = False  # Dask's own queue_put: the scheduler lacks this package's handlers
+        self.stock = False  # Dask's own queue_put: the scheduler lacks this package's handlers
         self.last_seq = -1
 
     def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
@@ -81,14 +82,14 @@ class Sender:
                 if self._queue_full:
                     self._wait_for_room()
                 dask_compat.queue_put(
-                    self._worker, self._queue, batch, PUT_SLICE_SECONDS, stock=self._stock
+                    self._worker, self._queue, batch, PUT_SLICE_SECONDS, stock=self.stock
                 )
                 break
             except TimeoutError:
                 self._queue_seen = self._queue_full = True
                 self._on_blocked()
             except dask_compat.HandlersMissing:
-                self._stock = True  # where the orchestrator could not install them
+                self.stock = True  # where the orchestrator could not install them
             except dask_compat.QueueMissing:
                 # Created by the orchestrator as the task was submitted, and removed when it
                 # gave up on the session.
@@ -118,21 +119,26 @@ class Heartbeat:
     """Tells the orchestrator, every ``interval`` seconds, that this launcher is alive.
 
     A tiny event on the session topic, from its own thread, so it keeps flowing while the data
-    queue is full; it carries nothing of the command's output.
+    queue is full; it carries nothing of the command's output. It goes through the scheduler
+    handler that publishes only while the topic exists (not waited for; one at a time), and
+    through the worker's ``log_event`` where that handler is missing (as the sender found).
     """
 
-    def __init__(self, worker: Any, topic: str, interval: float) -> None:
+    def __init__(self, worker: Any, topic: str, interval: float, sender: Sender) -> None:
+        self._worker = worker
+        self._topic = topic
+        self._sender = sender
         self._done = threading.Event()
-        # Held while a beat is sent: once stop() has returned no beat can follow, so none
-        # reaches the scheduler after the task's result (both go through the worker's loop,
-        # in order) and re-creates the topic the orchestrator is about to forget.
+        # Held while a beat is sent: once stop() has returned no beat can follow.
         self._sending = threading.Lock()
+        self._in_flight: concurrent.futures.Future[Any] | None = None
+        self._handler_missing = False
         self._proc: Supervised | None = None
         self._thread = threading.Thread(
-            target=self._beat, args=(worker, topic, interval), daemon=True, name="pipes-heartbeat"
+            target=self._beat, args=(interval,), daemon=True, name="pipes-heartbeat"
         )
 
-    def _beat(self, worker: Any, topic: str, interval: float) -> None:
+    def _beat(self, interval: float) -> None:
         beat = 0
         while not self._done.wait(interval):
             with self._sending:
@@ -140,9 +146,24 @@ class Heartbeat:
                     return
                 beat += 1
                 with contextlib.suppress(Exception):
-                    worker.log_event(topic, {HEARTBEAT_KEY: beat})
+                    self._publish({HEARTBEAT_KEY: beat})
                 if self._proc is not None:
                     self._proc.heartbeat()
+
+    def _publish(self, msg: dict[str, int]) -> None:
+        if self._sender.stock or self._handler_missing:
+            self._worker.log_event(self._topic, msg)
+            return
+        if self._in_flight is not None and not self._in_flight.done():
+            return  # the scheduler has not answered the last one yet
+        self._in_flight = dask_compat.start_worker_rpc(
+            self._worker, dask_compat.BEAT_HANDLER, topic=self._topic, msg=msg
+        )
+        self._in_flight.add_done_callback(self._answered)
+
+    def _answered(self, future: concurrent.futures.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result() is None:
+            self._handler_missing = True  # no such handler on this scheduler
 
     def attach(self, proc: Supervised) -> None:
         """Start beating, for the command's supervisor too (it stops the command when beats stop).
