@@ -237,21 +237,39 @@ class LaunchTask:
                     workers_info, str(future.key), self._checked_restrictions, self._worker_wait
                 )
 
+    def _worker_present(self, worker: str) -> bool:
+        """Whether the scheduler still has this worker, asked of the scheduler itself.
+
+        Through the package's scheduler handler, installed with the session's queue (this is
+        asked once the launcher's first batch came); else ``WORKER_PRESENT``, else the
+        scheduler's ``identity``.
+        """
+        if not self.state.run_function_refused:
+            with contextlib.suppress(Exception):
+                answer = dask_compat.scheduler_rpc(
+                    self.client, dask_compat.PRESENT_HANDLER, RPC_TIMEOUT_SECONDS, address=worker
+                )
+                if answer is not None:
+                    return bool(answer)
+        return bool(
+            dask_compat.run_on_scheduler(
+                self.client,
+                self.state,
+                WORKER_PRESENT,
+                worker,
+                fallback=lambda: (
+                    worker in dask_compat.scheduler_workers(self.client, RPC_TIMEOUT_SECONDS)
+                ),
+            )
+        )
+
     def _check_launcher_alive(self, future: Future, worker: str) -> None:
         """Fail if the scheduler removed the launcher's worker, or the launcher went silent.
 
         Both are facts, not a snapshot: the scheduler's own list of its workers, and the time
         since the launcher's last heartbeat or batch.
         """
-        present = dask_compat.run_on_scheduler(
-            self.client,
-            self.state,
-            WORKER_PRESENT,
-            worker,
-            fallback=lambda: (
-                worker in dask_compat.scheduler_workers(self.client, RPC_TIMEOUT_SECONDS)
-            ),
-        )
+        present = self._worker_present(worker)
         if self._ended.is_set():
             return
         if not present:

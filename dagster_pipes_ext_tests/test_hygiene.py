@@ -326,7 +326,7 @@ def test_an_expired_wait_keeps_nothing_alive(caplog: pytest.LogCaptureFixture) -
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_a_quiet_session_leaves_no_errors_in_the_scheduler_log(
+def test_a_quiet_session_leaves_no_noise_in_the_scheduler_log(
     separate_cluster: DaskProcesses,
 ) -> None:
     """The reader waits 0.5 s at a time on the scheduler; a wait that expires is no error.
@@ -341,10 +341,13 @@ def test_a_quiet_session_leaves_no_errors_in_the_scheduler_log(
 
     log = Path(separate_cluster.worker_dir) / "scheduler.log"
     before = log.read_text(errors="replace").count("Exception while handling op")
+    present_before = log.read_text(errors="replace").count("out-of-band function 'worker_present'")
     client = PipesDaskClient(scheduler_address=separate_cluster.address)
     assert materialize([quiet], resources={"dask_pipes": client}).success
     text = log.read_text(errors="replace")
     assert text.count("Exception while handling op") == before, text[-3000:]
+    # nor an INFO line a second for the orchestrator's liveness check (run_on_scheduler)
+    assert text.count("out-of-band function 'worker_present'") == present_before, text[-3000:]
 
 
 def test_a_late_heartbeat_does_not_create_a_forgotten_topic(

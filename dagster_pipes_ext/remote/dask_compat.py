@@ -103,8 +103,10 @@ class HandlersMissing(Exception):
 # long-lived scheduler keeps them; the version in the name keeps a changed protocol apart.
 PUT_HANDLER = "dagster_pipes_queue_put_v1"
 TAKE_HANDLER = "dagster_pipes_queue_take_v1"
-# ... and a heartbeat published on the session's topic only while the topic exists.
+# ... a heartbeat published on the session's topic only while the topic exists, and the
+# liveness question "does the scheduler still have this worker" without an INFO log line.
 BEAT_HANDLER = "dagster_pipes_beat_v1"
+PRESENT_HANDLER = "dagster_pipes_worker_present_v1"
 
 
 def start_worker_rpc(worker: Any, op: str, **kwargs: Any) -> concurrent.futures.Future[Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from dagster_pipes_ext.remote.dask_compat import (
     BEAT_HANDLER,
+    PRESENT_HANDLER,
     PUT_HANDLER,
     TAKE_HANDLER,
     drop_queue,
@@ -86,9 +87,13 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     exists: a beat still on its way when the orchestrator removed the topic would otherwise
     create it again, on a shared scheduler for its lifetime (a worker's ``log_event`` travels on
     its batched stream, which the session's last batch, an RPC, can overtake).
+
+    A fourth answers the orchestrator's liveness check, once a second per running session,
+    which ``run_on_scheduler`` would log as an INFO line each time.
     """
     handlers = dask_scheduler.handlers
-    if BEAT_HANDLER in handlers:
+    names = (PUT_HANDLER, TAKE_HANDLER, BEAT_HANDLER, PRESENT_HANDLER)
+    if all(name in handlers for name in names):
         return
     import asyncio
 
@@ -124,9 +129,11 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
         dask_scheduler.log_event(topic, msg)
         return True
 
-    handlers[PUT_HANDLER] = put
-    handlers[TAKE_HANDLER] = take
-    handlers[BEAT_HANDLER] = beat
+    def worker_present(address: str = "") -> bool:
+        return address in dask_scheduler.workers
+
+    for name, handler in zip(names, (put, take, beat, worker_present), strict=True):
+        handlers.setdefault(name, handler)
 
 
 def open_session(
