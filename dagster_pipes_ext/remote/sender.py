@@ -129,8 +129,6 @@ class Heartbeat:
         self._topic = topic
         self._sender = sender
         self._done = threading.Event()
-        # Held while a beat is sent: once stop() has returned no beat can follow.
-        self._sending = threading.Lock()
         self._in_flight: concurrent.futures.Future[Any] | None = None
         self._handler_missing = False
         self._proc: Supervised | None = None
@@ -141,14 +139,11 @@ class Heartbeat:
     def _beat(self, interval: float) -> None:
         beat = 0
         while not self._done.wait(interval):
-            with self._sending:
-                if self._done.is_set():
-                    return
-                beat += 1
-                with contextlib.suppress(Exception):
-                    self._publish({HEARTBEAT_KEY: beat})
-                if self._proc is not None:
-                    self._proc.heartbeat()
+            beat += 1
+            with contextlib.suppress(Exception):
+                self._publish({HEARTBEAT_KEY: beat})
+            if self._proc is not None:
+                self._proc.heartbeat()
 
     def _publish(self, msg: dict[str, int]) -> None:
         if self._sender.stock or self._handler_missing:
@@ -175,6 +170,5 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating; a beat being sent is sent before this returns, none after."""
-        with self._sending:
-            self._done.set()
+        """Stop beating (a beat that reaches the scheduler after the session is dropped)."""
+        self._done.set()
