@@ -82,6 +82,8 @@ class PipesDaskMessageReader(PipesMessageReader):
         missing_batches: Batches that never arrived (normally 0).
         oversized: ``{"method", "bytes"}`` of each message over ``max_message_bytes``.
         outcome: The launcher's outcome, once its last batch was handled (after every message).
+        session_removed: Taking the launcher's last batch removed the session from the
+            scheduler (its queue, events and topic): no clean-up call is needed.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         self.missing_batches = 0
         self.oversized: list[dict[str, Any]] = []
         self.outcome: LaunchOutcome | None = None
+        self.session_removed = False
 
     # -- the session's side ---------------------------------------------------------------
 
@@ -263,13 +266,14 @@ class PipesDaskMessageReader(PipesMessageReader):
                 time.sleep(RETRY_SECONDS)
                 continue
             try:
-                batch = dask_compat.queue_get(
+                batch, forgotten = dask_compat.queue_get(
                     self._client,
                     self.queue,
                     timeout=CLOSING_POLL_SECONDS if closing else QUEUE_POLL_SECONDS,
                     stock=self._stock_queue_calls,
                 )
                 self._empty_since = None
+                self.session_removed = self.session_removed or forgotten
                 return batch
             except dask_compat.HandlersMissing:
                 self._stock_queue_calls = True

@@ -329,6 +329,11 @@ class LaunchTask:
         """
         if self.client.status != "running":
             return  # the scheduler is gone, and with it everything the session left there
+        reader = getattr(self, "_reader", None)
+        if reader is not None and reader.session_removed:
+            # Taking the launcher's last batch removed the session on the scheduler already.
+            dask_compat.set_topic_handler(self.client, self.names.topic, None)
+            return
         # One call does it all. Dropping the topic on the scheduler also drops this client's
         # subscription: an `unsubscribe-topic` message sent now could arrive after the removal
         # (it travels on another channel) and re-create the topic.

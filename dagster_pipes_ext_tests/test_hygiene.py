@@ -386,3 +386,23 @@ def test_a_late_heartbeat_does_not_create_a_forgotten_topic(
         client.unsubscribe_topic(topic)
         client.run_on_scheduler(drop_topic)
     assert [event[1] for event in received] == [{"hb": 2}]
+
+
+def test_a_finished_session_is_removed_with_its_last_batch(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """The reader's take of the launcher's last batch removes the session on the scheduler: no
+    clean-up call follows a session that ended normally (it cost the step ~10 ms, measured), and
+    nothing of it is left when ``materialize`` returns."""
+    tidy = script_asset("removed", "stream_flood.py", env={"COUNT": "20"})
+    log = Path(separate_cluster.worker_dir) / "scheduler.log"
+    client = PipesDaskClient(scheduler_address=separate_cluster.address)
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as observer:
+        for _ in range(3):  # the first session on a connection, and later ones
+            before = log.read_text(errors="replace").count("'forget_session'")
+            assert materialize([tidy], resources={"dask_pipes": client}).success
+            state = observer.run_on_scheduler(
+                lambda dask_scheduler=None: _scheduler_state(dask_scheduler)
+            )
+            assert (state["topics"], state["events"], state["queues"]) == ([], [], [])
+            assert log.read_text(errors="replace").count("'forget_session'") == before

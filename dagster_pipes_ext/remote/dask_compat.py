@@ -99,10 +99,11 @@ class HandlersMissing(Exception):
 
 
 # Scheduler handlers added by ``scheduler_ops.install_queue_handlers``: Dask's ``queue_put`` and
-# ``queue_get`` with the same records, answering an expired wait instead of raising it. A
-# long-lived scheduler keeps them; the version in the name keeps a changed protocol apart.
-PUT_HANDLER = "dagster_pipes_queue_put_v1"
-TAKE_HANDLER = "dagster_pipes_queue_take_v1"
+# ``queue_get`` with the same records, answering an expired wait instead of raising it, and
+# removing a session with its last batch. A long-lived scheduler keeps them; the version in the
+# name keeps a changed protocol apart (v1: without the session's removal).
+PUT_HANDLER = "dagster_pipes_queue_put_v2"
+TAKE_HANDLER = "dagster_pipes_queue_take_v2"
 # ... a heartbeat published on the session's topic only while the topic exists, and the
 # liveness question "does the scheduler still have this worker" without an INFO log line.
 BEAT_HANDLER = "dagster_pipes_beat_v1"
@@ -115,11 +116,20 @@ def start_worker_rpc(worker: Any, op: str, **kwargs: Any) -> concurrent.futures.
     return asyncio.run_coroutine_threadsafe(coroutine, worker.loop.asyncio_loop)
 
 
-def queue_put(worker: Any, name: str, batch: Any, timeout: float, stock: bool = False) -> None:
+def queue_put(
+    worker: Any,
+    name: str,
+    batch: Any,
+    timeout: float,
+    stock: bool = False,
+    forget: dict[str, Any] | None = None,
+) -> None:
     """Put one batch into a scheduler queue; wait at most ``timeout`` for room.
 
     Through :data:`PUT_HANDLER`, or Dask's own ``queue_put`` with ``stock`` (whose expired wait
-    the scheduler logs as an ERROR with a traceback).
+    the scheduler logs as an ERROR with a traceback). ``forget`` (``{"topic", "events"}``) marks
+    the session's last batch: the scheduler removes the session (its queue, events and topic)
+    when the reader takes it (``stock`` ignores it: the orchestrator removes it then).
 
     Raises:
         TimeoutError: The queue stayed full (the reader is behind); nothing was put.
@@ -132,7 +142,7 @@ def queue_put(worker: Any, name: str, batch: Any, timeout: float, stock: bool = 
         except KeyError:
             raise QueueMissing(name) from None
         return
-    answer = worker_rpc(worker, PUT_HANDLER, name=name, data=batch, timeout=timeout)
+    answer = worker_rpc(worker, PUT_HANDLER, name=name, data=batch, timeout=timeout, forget=forget)
     if answer == "ok":
         return
     if answer == "full":
@@ -281,12 +291,16 @@ def set_topic_handler(client: Any, topic: str, handler: Callable[[Any], None] | 
     return True
 
 
-def queue_get(client: Any, name: str, timeout: float, stock: bool = False) -> Any:
+def queue_get(client: Any, name: str, timeout: float, stock: bool = False) -> tuple[Any, bool]:
     """Take the next item of a scheduler queue, waiting at most ``timeout`` on the scheduler.
 
     The wait happens on the scheduler, so an expired wait takes nothing from the queue. Through
     :data:`TAKE_HANDLER`, or Dask's own ``queue_get`` with ``stock`` (whose expired wait the
     scheduler logs as an ERROR with a traceback: every 0.5 s while the command is quiet).
+
+    Returns:
+        The item, and whether taking it removed the session from the scheduler (its last
+        batch, put with ``forget``).
 
     Raises:
         TimeoutError: Nothing arrived in time.
@@ -301,7 +315,7 @@ def queue_get(client: Any, name: str, timeout: float, stock: bool = False) -> An
             record = client.sync(
                 client.scheduler.queue_get, name=name, timeout=timeout, callback_timeout=guard
             )
-            return record["value"]
+            return record["value"], False
         answer = client.sync(
             getattr(client.scheduler, TAKE_HANDLER),
             name=name,
@@ -315,7 +329,7 @@ def queue_get(client: Any, name: str, timeout: float, stock: bool = False) -> An
     if answer is None:
         raise HandlersMissing(TAKE_HANDLER)
     if "value" in answer:
-        return answer["value"]
+        return answer["value"], bool(answer.get("forgotten"))
     if answer.get("missing"):
         raise QueueMissing(name)
     raise TimeoutError(f"nothing arrived in scheduler queue {name!r} within {timeout:g} s")

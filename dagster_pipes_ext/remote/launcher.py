@@ -84,7 +84,7 @@ def _launch(worker: Any, argument: LaunchSpec | SpecRef) -> LaunchOutcome:
         if proc is not None:
             _run_command(proc, messages_path, spec, sender, policy, heartbeat, outcome)
         if not policy.abandoned:
-            _send_outcome(sender, outcome)
+            _send_outcome(sender, outcome, spec)
     except ReaderGone:
         policy.abandoned = True
     finally:
@@ -166,16 +166,22 @@ def _claim(worker: Any, argument: LaunchSpec | SpecRef) -> tuple[bool, LaunchSpe
     return False, stashed
 
 
-def _send_outcome(sender: Sender, outcome: LaunchOutcome) -> None:
+def _send_outcome(sender: Sender, outcome: LaunchOutcome, spec: LaunchSpec) -> None:
     """Send the outcome alone in the session's last batch.
 
     The orchestrator handles it right after the last message, without waiting for the
-    scheduler's task bookkeeping or fetching the task's result.
+    scheduler's task bookkeeping or fetching the task's result. Taking that batch removes the
+    session from the scheduler (its queue, events and topic), in the reader's own call.
     """
     sender.flush()
     outcome["last_seq"] = sender.last_seq + 1
     sender.add(REC_END, dict(outcome))
-    sender.flush()
+    sender.flush(forget={"topic": spec["topic"], "events": _session_events(spec)})
+
+
+def _session_events(spec: LaunchSpec) -> list[str]:
+    """The session's events, the stop event last (as ``SessionNames.events``)."""
+    return [spec["claim_event"], spec["stop_event"]]
 
 
 # -- the session -------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def _record_exit(
 
 def _forget_abandoned_session(worker: Any, spec: LaunchSpec) -> None:
     """Do the orchestrator's clean-up on the scheduler, since the orchestrator is gone."""
-    topic, queue, events = spec["topic"], spec["queue"], [spec["claim_event"], spec["stop_event"]]
+    topic, queue, events = spec["topic"], spec["queue"], _session_events(spec)
 
     def clear_events() -> bool:  # run_function refused: the empty topic stays
         for name in events:

@@ -81,7 +81,10 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     the scheduler logs every handler exception as an ERROR with its traceback: each 0.5 s wait
     of a reader whose command is quiet, each wait for room while the reader is behind. The raised
     exception also sits in reference cycles with the caller's frames until a full garbage
-    collection. These two do the same with the same records, and answer instead.
+    collection. These two do the same with the same records, and answer instead. The take also
+    removes the session (:func:`forget_session`) when it hands out the batch the launcher marked
+    as its last: the orchestrator then needs no clean-up call of its own after a session that
+    ended normally.
 
     A third publishes a launcher's heartbeat on the session's topic only while the topic
     exists: a beat still on its way when the orchestrator removed the topic would otherwise
@@ -102,12 +105,17 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     def queues() -> dict[str, Any]:
         return queue_extension(dask_scheduler).queues  # type: ignore[no-any-return]
 
-    async def put(name: str = "", data: Any = None, timeout: float = 0.0) -> str:
+    async def put(
+        name: str = "", data: Any = None, timeout: float = 0.0, forget: Any = None
+    ) -> str:
         queue = queues().get(name)
         if queue is None:
             return "missing"
+        record = {"type": "msgpack", "value": data}
+        if forget:
+            record["forget"] = forget
         try:
-            await wait_for(queue.put({"type": "msgpack", "value": data}), timeout)
+            await wait_for(queue.put(record), timeout)
         except asyncio.TimeoutError:
             return "full"
         return "ok"
@@ -120,7 +128,14 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
             record = await wait_for(queue.get(), timeout)
         except asyncio.TimeoutError:
             return {"empty": True}
-        return {"value": record["value"]}
+        forget = record.get("forget")
+        if not forget:
+            return {"value": record["value"]}
+        # The session's last batch: the reader has it now, and nothing else is to come.
+        forget_session(
+            forget["topic"], name, list(forget["events"]), True, dask_scheduler=dask_scheduler
+        )
+        return {"value": record["value"], "forgotten": True}
 
     def beat(topic: str = "", msg: Any = None) -> bool:
         topics = scheduler_topics(dask_scheduler)

@@ -66,12 +66,13 @@ class Sender:
         self._records.append([REC_NOTE, f"[pipes] {text}"])
         self._size += RECORD_OVERHEAD_BYTES
 
-    def flush(self) -> None:
+    def flush(self, forget: dict[str, Any] | None = None) -> None:
         """Send the current batch, if it holds anything (waiting while the queue is full).
 
         A put that finds the queue full sends the batch and waits on the scheduler; the waits
         after that ask for the queue's size (a few bytes) until there is room, rather than
         send the batch (up to ``max_batch_bytes``) again every :data:`PUT_SLICE_SECONDS`.
+        ``forget`` marks the session's last batch (see :func:`dask_compat.queue_put`).
         """
         if not self._records:
             return
@@ -82,7 +83,12 @@ class Sender:
                 if self._queue_full:
                     self._wait_for_room()
                 dask_compat.queue_put(
-                    self._worker, self._queue, batch, PUT_SLICE_SECONDS, stock=self.stock
+                    self._worker,
+                    self._queue,
+                    batch,
+                    PUT_SLICE_SECONDS,
+                    stock=self.stock,
+                    forget=forget,
                 )
                 break
             except TimeoutError:
