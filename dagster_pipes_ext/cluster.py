@@ -62,6 +62,9 @@ class ConnectionState:
         run_function_refused: The scheduler blocks ``run_function`` (and ``run_on_scheduler``).
         threads_checked: Whether the "one thread only" warning was considered.
         spec_stash_works: A launch spec was stashed on the scheduler once (see ``LaunchTask``).
+        handlers_ready: A session's ``OPEN_SESSION`` installed this package's scheduler
+            handlers: later sessions open, stash, claim and clean up through them (cleared
+            when a handler is found missing, e.g. after a scheduler restart).
     """
 
     published_launchers: set[str] = field(default_factory=set)
@@ -69,6 +72,7 @@ class ConnectionState:
     run_function_refused: bool = False
     threads_checked: bool = False
     spec_stash_works: bool = False
+    handlers_ready: bool = False
 
 
 @dataclass

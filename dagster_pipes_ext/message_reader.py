@@ -106,6 +106,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._on_end = on_end
         self._handler: PipesMessageHandler | None = None
         self._opening: concurrent.futures.Future[Any] | None = None
+        self._opening_by_handler = False
         # Dask's own queue_get, not this package's scheduler handler (not installed there)
         self._stock_queue_calls = False
         self._next_seq = 0
@@ -206,15 +207,37 @@ class PipesDaskMessageReader(PipesMessageReader):
     # -- opening ----------------------------------------------------------------------------
 
     def _open(self) -> None:
-        """Start creating the queue and subscribing to the topic; the consumer waits for it."""
-        if not connection_state(self._client).run_function_refused and (
+        """Start creating the queue and subscribing to the topic; the consumer waits for it.
+
+        Through the package's scheduler handler once an earlier session on this connection
+        installed it (``OPEN_SESSION``, a ``run_function`` call, does on the first).
+        """
+        state = connection_state(self._client)
+        if not state.run_function_refused and (
             dask_compat.set_topic_handler(self._client, self.topic, self._on_event)
         ):
-            self._opening = dask_compat.start_run_on_scheduler(
-                self._client, OPEN_SESSION, self.topic, self.queue, WINDOW_BATCHES, self._client.id
-            )
+            self._opening_by_handler = state.handlers_ready
+            if self._opening_by_handler:
+                self._opening = dask_compat.start_scheduler_rpc(
+                    self._client, dask_compat.OPEN_HANDLER, **self._open_arguments()
+                )
+            else:
+                self._opening = self._start_open_session()
             return
         self._open_with_plain_calls()
+
+    def _open_arguments(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "queue": self.queue,
+            "maxsize": WINDOW_BATCHES,
+            "client_id": self._client.id,
+        }
+
+    def _start_open_session(self) -> concurrent.futures.Future[Any]:
+        # open_session's parameters, in order
+        arguments = self._open_arguments().values()
+        return dask_compat.start_run_on_scheduler(self._client, OPEN_SESSION, *arguments)
 
     def _open_with_plain_calls(self) -> None:
         # Where run_function is refused: the batched subscription and a queue_create RPC.
@@ -225,10 +248,17 @@ class PipesDaskMessageReader(PipesMessageReader):
     def _finish_opening(self) -> None:
         if self._opening is None:
             return
+        state = connection_state(self._client)
         try:
-            self._opening.result(timeout=OPEN_TIMEOUT_SECONDS)
+            answer = self._opening.result(timeout=OPEN_TIMEOUT_SECONDS)
+            if self._opening_by_handler and answer is None:
+                # The scheduler has no such handler (restarted since): install them again.
+                state.handlers_ready = False
+                self._start_open_session().result(timeout=OPEN_TIMEOUT_SECONDS)
+            state.handlers_ready = True
         except Exception:
-            connection_state(self._client).run_function_refused = True
+            state.run_function_refused = True
+            state.handlers_ready = False
             self._open_with_plain_calls()
         finally:
             self._opening = None

@@ -5,6 +5,7 @@ Internal API, also used by the benchmarks: :class:`LaunchTask` and :func:`dashbo
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -171,6 +172,12 @@ class LaunchTask:
         """
         if self.state.run_function_refused:
             return spec
+        if self.state.handlers_ready:
+            stashing = dask_compat.start_scheduler_rpc(
+                self.client, dask_compat.STASH_HANDLER, name=spec["claim_event"], spec=spec
+            )
+            stashing.add_done_callback(lambda done: self._stash_answered(done, spec))
+            return {"claim_event": spec["claim_event"], "stashed": True, "handlers": True}
         stashing = dask_compat.start_run_on_scheduler(
             self.client, STASH_SPEC, spec["claim_event"], spec
         )
@@ -181,7 +188,17 @@ class LaunchTask:
                 self.state.run_function_refused = True
                 return spec
             self.state.spec_stash_works = True
-        return {"claim_event": spec["claim_event"], "stashed": True}
+        return {"claim_event": spec["claim_event"], "stashed": True, "handlers": False}
+
+    def _stash_answered(self, done: concurrent.futures.Future[Any], spec: LaunchSpec) -> None:
+        """Stash again through ``run_function`` if the handler was missing or failed.
+
+        The launcher waits for a late spec; this runs on the client's event loop.
+        """
+        if not done.cancelled() and done.exception() is None and done.result() is not None:
+            return
+        self.state.handlers_ready = False
+        dask_compat.start_run_on_scheduler(self.client, STASH_SPEC, spec["claim_event"], spec)
 
     def _entry(self, republish: bool) -> Any:
         """The task function, once the launcher is published on this connection's scheduler."""
@@ -289,12 +306,23 @@ class LaunchTask:
         """Whether no connected worker can run the task; the scheduler's own verdict first."""
         if not workers_info:
             return True  # with no worker at all the scheduler queues the task, silently
-        state = dask_compat.run_on_scheduler(
-            self.client, self.state, TASK_STATE, str(future.key), fallback=lambda: None
-        )
+        state = self._task_state(str(future.key))
         if state is not None:
             return state == "no-worker"
         return not _runnable_somewhere(workers_info, self._checked_restrictions)
+
+    def _task_state(self, key: str) -> str | None:
+        """The scheduler's state of the task (``None``: unknown, or not to be asked)."""
+        if self.state.handlers_ready:
+            with contextlib.suppress(Exception):
+                answer = dask_compat.scheduler_rpc(
+                    self.client, dask_compat.STATE_HANDLER, RPC_TIMEOUT_SECONDS, key=key
+                )
+                if answer is not None:
+                    return cast("str | None", answer["state"])
+        return dask_compat.run_on_scheduler(
+            self.client, self.state, TASK_STATE, key, fallback=lambda: None
+        )
 
     def _result(self, future: Future) -> LaunchOutcome:
         """The outcome: from the launcher's last batch if the reader has it, else the task's."""
@@ -321,6 +349,24 @@ class LaunchTask:
             self.client, "event_set", RPC_TIMEOUT_SECONDS, name=self.names.stop_event
         )
 
+    def _forget_by_handler(self, stop: bool) -> bool:
+        """``forget_session`` through the package's handler; whether the scheduler had it."""
+        names = self.names
+        with contextlib.suppress(Exception):
+            answer = dask_compat.scheduler_rpc(
+                self.client,
+                dask_compat.FORGET_HANDLER,
+                RPC_TIMEOUT_SECONDS,
+                topic=names.topic,
+                queue=names.queue,
+                events=names.events,
+                release_launcher=stop,
+            )
+            if answer is not None:
+                return True
+        self.state.handlers_ready = False
+        return False
+
     def forget(self, *, stop: bool) -> None:
         """Leave nothing of the session on a (possibly long-lived, shared) scheduler.
 
@@ -338,6 +384,9 @@ class LaunchTask:
         # subscription: an `unsubscribe-topic` message sent now could arrive after the removal
         # (it travels on another channel) and re-create the topic.
         names = self.names
+        if self.state.handlers_ready and self._forget_by_handler(stop):
+            dask_compat.set_topic_handler(self.client, names.topic, None)
+            return
         if (
             dask_compat.run_on_scheduler(
                 self.client,

@@ -406,3 +406,176 @@ def test_a_finished_session_is_removed_with_its_last_batch(
             )
             assert (state["topics"], state["events"], state["queues"]) == ([], [], [])
             assert log.read_text(errors="replace").count("'forget_session'") == before
+
+
+def _out_of_band_calls(text: str) -> list[str]:
+    """The functions ``run_function`` ran, from the lines Dask logs for each one."""
+    import re
+
+    return re.findall(r"Run out-of-band function '(\w+)'", text)
+
+
+@pytest.mark.parametrize("cluster_kind", ["embedded", "separate"])
+def test_later_sessions_run_through_the_handlers(
+    cluster_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Once a connection's first session installed the package's scheduler handlers, later
+    sessions open, stash, claim and clean up through them: no ``run_function`` call (a pickled
+    function each, and an INFO line in a shared scheduler's log)."""
+    import logging
+
+    tidy = script_asset("through_handlers", "stream_flood.py", env={"COUNT": "20"})
+
+    @asset
+    def no_worker(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        # Ends without a last batch: the orchestrator's own clean-up call.
+        return dask_pipes.run(
+            context=context, command=["true"], resources={"GPU": 1}
+        ).get_materialize_result()
+
+    lines: list[str] = []
+    if cluster_kind == "embedded":
+        client = PipesDaskClient(worker_wait_timeout_seconds=1)
+        log = None
+    else:
+        cluster: DaskProcesses = request.getfixturevalue("separate_cluster")
+        client = PipesDaskClient(scheduler_address=cluster.address, worker_wait_timeout_seconds=1)
+        log = Path(cluster.worker_dir) / "scheduler.log"
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect(logging.INFO)
+    dask_logger = logging.getLogger("distributed.worker")
+    level = dask_logger.level
+    dask_logger.addHandler(handler)
+    dask_logger.setLevel(logging.INFO)
+    try:
+        assert materialize([tidy], resources={"dask_pipes": client}).success  # installs them
+        before = log.read_text(errors="replace") if log else ""
+        lines.clear()
+        for _ in range(3):
+            assert materialize([tidy], resources={"dask_pipes": client}).success
+        failed = materialize([no_worker], resources={"dask_pipes": client}, raise_on_error=False)
+        assert not failed.success
+        after = log.read_text(errors="replace")[len(before) :] if log else "\n".join(lines)
+    finally:
+        dask_logger.removeHandler(handler)
+        dask_logger.setLevel(level)
+    assert _out_of_band_calls(after) == []
+    if cluster_kind == "separate":
+        with Client(client.scheduler_address, timeout=10, set_as_default=False) as observer:
+            state = observer.run_on_scheduler(
+                lambda dask_scheduler=None: _scheduler_state(dask_scheduler)
+            )
+        assert (state["topics"], state["events"], state["queues"]) == ([], [], [])
+
+
+def test_sessions_fall_back_where_the_handlers_are_missing(tmp_path: Path) -> None:
+    """A scheduler that lost the package's handlers since a connection's first session (what
+    a restart does) still runs later sessions, through ``run_function``, installs them again,
+    and keeps nothing of them."""
+    from dagster_pipes_ext.remote import dask_compat
+
+    names = [
+        dask_compat.OPEN_HANDLER,
+        dask_compat.STASH_HANDLER,
+        dask_compat.CLAIM_HANDLER,
+        dask_compat.SPEC_HANDLER,
+        dask_compat.FORGET_HANDLER,
+        dask_compat.STATE_HANDLER,
+    ]
+
+    def drop_handlers(which: list[str], dask_scheduler=None) -> list[str]:
+        return [n for n in which if dask_scheduler.handlers.pop(n, None) is not None]
+
+    def present(dask_scheduler=None) -> list[str]:
+        return [n for n in names if n in dask_scheduler.handlers]
+
+    tidy = script_asset("fallback", "stream_flood.py", env={"COUNT": "20"})
+
+    @asset
+    def no_worker(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        return dask_pipes.run(
+            context=context, command=["true"], resources={"GPU": 1}
+        ).get_materialize_result()
+
+    cluster = start_cluster(1)
+    try:
+        client = PipesDaskClient(scheduler_address=cluster.address, worker_wait_timeout_seconds=1)
+        with Client(cluster.address, timeout=10, set_as_default=False) as observer:
+            assert materialize([tidy], resources={"dask_pipes": client}).success
+            log = Path(cluster.worker_dir) / "scheduler.log"
+            seen = len(log.read_text(errors="replace"))
+            assert observer.run_on_scheduler(drop_handlers, names) == names
+            assert materialize([tidy], resources={"dask_pipes": client}).success
+            assert observer.run_on_scheduler(present) == names  # installed again
+            calls = _out_of_band_calls(log.read_text(errors="replace")[seen:])
+            assert "open_session" in calls, calls
+            # The orchestrator's own clean-up (no last batch), with its handler missing.
+            forget = [dask_compat.FORGET_HANDLER]
+            assert observer.run_on_scheduler(drop_handlers, forget) == forget
+            failed = materialize(
+                [no_worker], resources={"dask_pipes": client}, raise_on_error=False
+            )
+            assert not failed.success
+            calls = _out_of_band_calls(log.read_text(errors="replace")[seen:])
+            assert calls.count("forget_session") == 1, calls
+            state = observer.run_on_scheduler(
+                lambda dask_scheduler=None: _scheduler_state(dask_scheduler)
+            )
+            assert (state["topics"], state["events"], state["queues"]) == ([], [], [])
+            assert materialize([tidy], resources={"dask_pipes": client}).success
+            state = observer.run_on_scheduler(
+                lambda dask_scheduler=None: _scheduler_state(dask_scheduler)
+            )
+            assert (state["topics"], state["events"], state["queues"]) == ([], [], [])
+    finally:
+        close_cached_clients()
+        cluster.stop()
+
+
+def test_a_late_stop_poll_does_not_create_a_removed_event(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """The launcher's long-poll of its stop event answers "gone" once the session's topic was
+    removed, without creating the event again; Dask's ``event_wait`` re-creates it (seen: a
+    session's stop event left on the scheduler right after the session ended)."""
+    import concurrent.futures
+    import uuid
+
+    from dagster_pipes_ext.remote.dask_compat import STOP_WAIT_HANDLER
+    from dagster_pipes_ext.remote.scheduler_ops import install_queue_handlers, on_scheduler
+
+    topic = f"pipes-test-stop-poll/{uuid.uuid4().hex}"
+    stop = f"{topic}/stop"
+
+    def events(dask_scheduler=None) -> list[str]:
+        return [e for e in dask_scheduler.extensions["events"]._events if e == stop]
+
+    def topic_exists(dask_scheduler=None) -> bool:
+        return topic in dask_scheduler._broker._topics
+
+    def drop_topic(dask_scheduler=None) -> None:
+        dask_scheduler._broker._topics.pop(topic, None)
+
+    with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
+        client.run_on_scheduler(on_scheduler(install_queue_handlers))
+        wait = getattr(client.scheduler, STOP_WAIT_HANDLER)
+        answer = client.sync(wait, topic=topic, name=stop, timeout=1.0, callback_timeout=10)
+        assert (answer, client.run_on_scheduler(events)) == ("gone", [])
+        # Dask's own wait, for comparison: the event exists while it waits.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.sync, client.scheduler.event_wait, name=stop, timeout=1.0)
+            wait_for(lambda: client.run_on_scheduler(events) == [stop], 5, "Dask's event")
+            assert waiting.result(timeout=10) is False
+        client.subscribe_topic(topic, lambda _event: None)
+        wait_for(lambda: client.run_on_scheduler(topic_exists), 10, "the subscription")
+        client.sync(client.scheduler.event_set, name=stop)
+        answer = client.sync(wait, topic=topic, name=stop, timeout=1.0, callback_timeout=10)
+        assert answer == "set"
+        client.unsubscribe_topic(topic)
+        client.run_on_scheduler(drop_topic)
+        client.sync(client.scheduler.event_clear, name=stop)
+        assert client.run_on_scheduler(events) == []

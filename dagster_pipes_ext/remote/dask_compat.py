@@ -108,6 +108,17 @@ TAKE_HANDLER = "dagster_pipes_queue_take_v2"
 # liveness question "does the scheduler still have this worker" without an INFO log line.
 BEAT_HANDLER = "dagster_pipes_beat_v1"
 PRESENT_HANDLER = "dagster_pipes_worker_present_v1"
+# ... and the per-session calls that went through ``run_function`` (a pickled function each time,
+# and an INFO line in the scheduler's log), once a connection's first session installed them.
+OPEN_HANDLER = "dagster_pipes_open_v1"
+STASH_HANDLER = "dagster_pipes_stash_v1"
+CLAIM_HANDLER = "dagster_pipes_claim_v1"
+SPEC_HANDLER = "dagster_pipes_take_spec_v1"
+FORGET_HANDLER = "dagster_pipes_forget_v1"
+STATE_HANDLER = "dagster_pipes_task_state_v1"  # once a second while a task waits for a worker
+# The launcher's long-poll of its stop event, which does not create the event again once the
+# session was removed (``event_wait`` would, until the wait expires).
+STOP_WAIT_HANDLER = "dagster_pipes_stop_wait_v1"
 
 
 def start_worker_rpc(worker: Any, op: str, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -272,6 +283,15 @@ def start_run_on_scheduler(
 ) -> concurrent.futures.Future[Any]:
     """Start ``run_on_scheduler`` from any thread without waiting (``Client._run_on_scheduler``)."""
     coroutine = client._run_on_scheduler(function, *args)
+    return asyncio.run_coroutine_threadsafe(coroutine, client.loop.asyncio_loop)
+
+
+def start_scheduler_rpc(client: Any, op: str, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """Start a scheduler handler's call from any thread without waiting for its answer.
+
+    The answer is ``None`` where the scheduler has no such handler.
+    """
+    coroutine = getattr(client.scheduler, op)(**kwargs)
     return asyncio.run_coroutine_threadsafe(coroutine, client.loop.asyncio_loop)
 
 

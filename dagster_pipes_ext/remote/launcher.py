@@ -150,9 +150,14 @@ def _claim(worker: Any, argument: LaunchSpec | SpecRef) -> tuple[bool, LaunchSpe
         dask_compat.worker_rpc(worker, "event_set", name=name)
         return False, None
 
-    already, stashed = dask_compat.run_function_from_worker(
-        worker, CLAIM_SESSION, (name,), by_events
-    )
+    handlers = bool(argument.get("handlers"))
+    answer = _handler_call(worker, dask_compat.CLAIM_HANDLER, name) if handlers else None
+    if answer is not None:
+        already, stashed = bool(answer["already"]), answer["spec"]
+    else:
+        already, stashed = dask_compat.run_function_from_worker(
+            worker, CLAIM_SESSION, (name,), by_events
+        )
     if already:
         return True, None
     if not argument.get("stashed"):
@@ -162,8 +167,20 @@ def _claim(worker: Any, argument: LaunchSpec | SpecRef) -> tuple[bool, LaunchSpe
     deadline = time.monotonic() + SPEC_WAIT_SECONDS
     while stashed is None and time.monotonic() < deadline:
         time.sleep(SPEC_POLL_SECONDS)
-        stashed = dask_compat.run_function_from_worker(worker, TAKE_SPEC, (name,), lambda: None)
+        answer = _handler_call(worker, dask_compat.SPEC_HANDLER, name) if handlers else None
+        if answer is not None:
+            stashed = answer["spec"]
+        else:
+            stashed = dask_compat.run_function_from_worker(worker, TAKE_SPEC, (name,), lambda: None)
     return False, stashed
+
+
+def _handler_call(worker: Any, op: str, name: str) -> dict[str, Any] | None:
+    """Call one of the package's scheduler handlers; ``None`` if the scheduler lacks it."""
+    try:
+        return cast("dict[str, Any] | None", dask_compat.worker_rpc(worker, op, name=name))
+    except Exception:
+        return None
 
 
 def _send_outcome(sender: Sender, outcome: LaunchOutcome, spec: LaunchSpec) -> None:

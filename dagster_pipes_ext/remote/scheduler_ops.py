@@ -12,8 +12,15 @@ from typing import Any
 
 from dagster_pipes_ext.remote.dask_compat import (
     BEAT_HANDLER,
+    CLAIM_HANDLER,
+    FORGET_HANDLER,
+    OPEN_HANDLER,
     PRESENT_HANDLER,
     PUT_HANDLER,
+    SPEC_HANDLER,
+    STASH_HANDLER,
+    STATE_HANDLER,
+    STOP_WAIT_HANDLER,
     TAKE_HANDLER,
     drop_queue,
     event_extension,
@@ -93,9 +100,29 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
 
     A fourth answers the orchestrator's liveness check, once a second per running session,
     which ``run_on_scheduler`` would log as an INFO line each time.
+
+    Six more do what a connection's later sessions would otherwise send as ``run_function``
+    calls (a pickled function each, and an INFO line in the scheduler's log): open the session,
+    stash its spec, claim it, take a late spec, remove the session, and tell a waiting task's
+    state (once a second while no worker can run it). The last is the launcher's long-poll of
+    its stop event, answering "gone" once the session's topic is: Dask's ``event_wait`` would
+    create the event of a removed session again, until the wait expired. Their answers are never
+    ``None``, which is what a scheduler without the handler answers.
     """
     handlers = dask_scheduler.handlers
-    names = (PUT_HANDLER, TAKE_HANDLER, BEAT_HANDLER, PRESENT_HANDLER)
+    names = (
+        PUT_HANDLER,
+        TAKE_HANDLER,
+        BEAT_HANDLER,
+        PRESENT_HANDLER,
+        OPEN_HANDLER,
+        STASH_HANDLER,
+        CLAIM_HANDLER,
+        SPEC_HANDLER,
+        FORGET_HANDLER,
+        STATE_HANDLER,
+        STOP_WAIT_HANDLER,
+    )
     if all(name in handlers for name in names):
         return
     import asyncio
@@ -147,7 +174,53 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     def worker_present(address: str = "") -> bool:
         return address in dask_scheduler.workers
 
-    for name, handler in zip(names, (put, take, beat, worker_present), strict=True):
+    def open_(topic: str = "", queue: str = "", maxsize: int = 0, client_id: str = "") -> bool:
+        _open(topic, queue, maxsize, client_id, dask_scheduler)
+        return True
+
+    def stash(name: str = "", spec: Any = None) -> bool:
+        stash_spec(name, spec, dask_scheduler=dask_scheduler)
+        return True
+
+    def claim(name: str = "") -> dict[str, Any]:
+        already, spec = claim_session(name, dask_scheduler=dask_scheduler)
+        return {"already": already, "spec": spec}
+
+    def spec(name: str = "") -> dict[str, Any]:
+        return {"spec": take_spec(name, dask_scheduler=dask_scheduler)}
+
+    def forget(
+        topic: str = "", queue: str = "", events: Any = (), release_launcher: bool = False
+    ) -> dict[str, bool]:
+        removed = forget_session(
+            topic, queue, list(events), release_launcher, dask_scheduler=dask_scheduler
+        )
+        return {"removed": removed}
+
+    def state(key: str = "") -> dict[str, str | None]:
+        return {"state": task_state(key, dask_scheduler=dask_scheduler)}
+
+    async def stop_wait(topic: str = "", name: str = "", timeout: float = 0.0) -> str:
+        topics = scheduler_topics(dask_scheduler)
+        if topics is not None and topic not in topics:
+            return "gone"  # not opened yet, or removed: waiting would create the event again
+        is_set = await event_extension(dask_scheduler).event_wait(name=name, timeout=timeout)
+        return "set" if is_set else "unset"
+
+    made = (
+        put,
+        take,
+        beat,
+        worker_present,
+        open_,
+        stash,
+        claim,
+        spec,
+        forget,
+        state,
+        stop_wait,
+    )
+    for name, handler in zip(names, made, strict=True):
         handlers.setdefault(name, handler)
 
 
@@ -161,6 +234,10 @@ def open_session(
     installed first, so they exist wherever the queue does.
     """
     install_queue_handlers(dask_scheduler)
+    _open(topic, queue, maxsize, client_id, dask_scheduler)
+
+
+def _open(topic: str, queue: str, maxsize: int, client_id: str, dask_scheduler: Any) -> None:
     dask_scheduler.subscribe_topic(topic, client_id)
     queue_extension(dask_scheduler).create(name=queue, client=client_id, maxsize=maxsize)
 

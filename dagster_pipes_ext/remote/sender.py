@@ -49,6 +49,11 @@ class Sender:
         self.stock = False  # Dask's own queue_put: the scheduler lacks this package's handlers
         self.last_seq = -1
 
+    @property
+    def queue_seen(self) -> bool:
+        """Whether a put found the session's queue (the orchestrator had opened the session)."""
+        return self._queue_seen
+
     def add(self, kind: str, data: Any, size: int = RECORD_OVERHEAD_BYTES) -> None:
         """Add a record to the current batch; send the batch once it is full."""
         if self._records and self._size + size > self._max_bytes:

@@ -14,6 +14,7 @@ from dagster_pipes_ext.remote.wire import LaunchSpec
 
 STOP_POLL_SECONDS = 2.0  # one long-poll of the stop event
 STOP_RETRY_SECONDS = 1.0  # after the scheduler did not answer it
+STOP_OPEN_POLL_SECONDS = 0.05  # then doubling, while the session is not opened on the scheduler
 
 
 class StopPolicy:
@@ -39,6 +40,7 @@ class StopPolicy:
         self.exited = False
         self._done = threading.Event()
         self._stop_event = spec["stop_event"]
+        self._topic = spec["topic"]
 
     def watch(self, proc: Supervised, sender: Sender) -> None:
         """The command started: its supervisor, and where notices go; watch the stop event.
@@ -55,14 +57,42 @@ class StopPolicy:
         ).start()
 
     def _watch_stop_event(self, name: str) -> None:
-        """Long-poll the session's stop event on the scheduler until the launcher is done."""
+        """Long-poll the session's stop event on the scheduler until the launcher is done.
+
+        Through the package's handler, which answers "gone" once the session was removed
+        (Dask's ``event_wait`` would create the removed event again, for the wait's length);
+        with ``event_wait`` where the scheduler lacks it.
+        """
+        stock = False
+        not_open_wait = STOP_OPEN_POLL_SECONDS
         while not self._done.is_set():
             try:
-                if dask_compat.worker_rpc(
-                    self._worker, "event_wait", name=name, timeout=STOP_POLL_SECONDS
-                ):
+                answer = None
+                if not stock:
+                    answer = dask_compat.worker_rpc(
+                        self._worker,
+                        dask_compat.STOP_WAIT_HANDLER,
+                        topic=self._topic,
+                        name=name,
+                        timeout=STOP_POLL_SECONDS,
+                    )
+                    stock = answer is None
+                if stock:
+                    answer = (
+                        "set"
+                        if dask_compat.worker_rpc(
+                            self._worker, "event_wait", name=name, timeout=STOP_POLL_SECONDS
+                        )
+                        else "unset"
+                    )
+                if answer == "set":
                     self.stop.set()
                     return
+                if answer == "gone":
+                    if self._sender is not None and self._sender.queue_seen:
+                        return  # the session was removed: nothing can ask for a stop any more
+                    self._done.wait(not_open_wait)  # not opened yet
+                    not_open_wait = min(not_open_wait * 2, STOP_RETRY_SECONDS)
             except Exception:
                 # The scheduler may be briefly unreachable; the launcher's own loop is unaffected.
                 if self._done.wait(STOP_RETRY_SECONDS):

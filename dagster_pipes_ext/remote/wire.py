@@ -81,6 +81,7 @@ class SpecRef(TypedDict):
 
     claim_event: str
     stashed: bool
+    handlers: bool  # the scheduler has this package's handlers (claim through them)
 
 
 class EventBatch(TypedDict):
