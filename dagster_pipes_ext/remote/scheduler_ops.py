@@ -104,7 +104,7 @@ def install_queue_handlers(dask_scheduler: Any) -> None:
     Six more do what a connection's later sessions would otherwise send as ``run_function``
     calls (a pickled function each, and an INFO line in the scheduler's log): open the session,
     stash its spec, claim it, take a late spec, remove the session, and tell a waiting task's
-    state (once a second while no worker can run it). The last is the launcher's long-poll of
+    state (once a second while no worker can run it). One more is the launcher's long-poll of
     its stop event, answering "gone" once the session's topic is: Dask's ``event_wait`` would
     create the event of a removed session again, until the wait expired. Their answers are never
     ``None``, which is what a scheduler without the handler answers.
