@@ -350,6 +350,21 @@ def test_a_quiet_session_leaves_no_noise_in_the_scheduler_log(
     assert text.count("out-of-band function 'worker_present'") == present_before, text[-3000:]
 
 
+def _topic_probes(topic: str) -> tuple[Callable[..., bool], Callable[..., None]]:
+    """Whether ``topic`` exists on the scheduler, and its removal (for ``run_on_scheduler``).
+
+    Nested, so that they travel by value: the scheduler cannot import the test package.
+    """
+
+    def topic_exists(dask_scheduler=None) -> bool:
+        return topic in dask_scheduler._broker._topics
+
+    def drop_topic(dask_scheduler=None) -> None:
+        dask_scheduler._broker._topics.pop(topic, None)
+
+    return topic_exists, drop_topic
+
+
 def test_a_late_heartbeat_does_not_create_a_forgotten_topic(
     separate_cluster: DaskProcesses,
 ) -> None:
@@ -367,12 +382,7 @@ def test_a_late_heartbeat_does_not_create_a_forgotten_topic(
 
     topic = f"pipes-test-late-beat/{uuid.uuid4().hex}"
     received: list = []
-
-    def topic_exists(dask_scheduler=None) -> bool:
-        return topic in dask_scheduler._broker._topics
-
-    def drop_topic(dask_scheduler=None) -> None:
-        dask_scheduler._broker._topics.pop(topic, None)
+    topic_exists, drop_topic = _topic_probes(topic)
 
     with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
         client.run_on_scheduler(on_scheduler(install_queue_handlers))
@@ -554,11 +564,7 @@ def test_a_late_stop_poll_does_not_create_a_removed_event(
     def events(dask_scheduler=None) -> list[str]:
         return [e for e in dask_scheduler.extensions["events"]._events if e == stop]
 
-    def topic_exists(dask_scheduler=None) -> bool:
-        return topic in dask_scheduler._broker._topics
-
-    def drop_topic(dask_scheduler=None) -> None:
-        dask_scheduler._broker._topics.pop(topic, None)
+    topic_exists, drop_topic = _topic_probes(topic)
 
     with Client(separate_cluster.address, timeout=10, set_as_default=False) as client:
         client.run_on_scheduler(on_scheduler(install_queue_handlers))
