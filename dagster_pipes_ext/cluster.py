@@ -41,6 +41,7 @@ EMBEDDED_SERVER_CONFIG = {
     "distributed.admin.tick.interval": "500ms",
     "distributed.scheduler.work-stealing": False,
     "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.profile.enabled": False,
 }
 
 NO_TLS = TlsSettings()
@@ -305,7 +306,8 @@ def _embedded_cluster(
     has_bokeh = importlib.util.find_spec("bokeh") is not None
     # In-process, the servers' periodic work competes with the Dagster step for the GIL: the
     # event-loop tick monitors (every 20 ms each, by default), work stealing (one worker: there
-    # is nothing to steal), the system monitors (every 500 ms each, of this one process).
+    # is nothing to steal), the system monitors (every 500 ms each, of this one process), the
+    # worker's profiler (every 10 ms; a launcher takes its thread out of its samples anyway).
     with dask.config.set(EMBEDDED_SERVER_CONFIG):
         return LocalCluster(
             processes=False,

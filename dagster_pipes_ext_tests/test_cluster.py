@@ -108,6 +108,25 @@ def test_no_address_uses_the_embedded_cluster() -> None:
     assert _facts(captured)["pid"] != os.getpid()
 
 
+def test_the_embedded_servers_wake_rarely() -> None:
+    """The embedded scheduler and worker share the step's GIL: their periodic work stays rare.
+
+    Dask's worker profiler alone would wake 100 times a second (every 10 ms) to sample task
+    threads, and a launcher takes its own thread out of those samples anyway.
+    """
+    _, captured = _run(_quick())
+    cluster = captured["dask_client"].cluster
+    servers = [cluster.scheduler, *cluster.workers.values()]
+    rates = {
+        f"{type(server).__name__}.{name}": 1000.0 / callback.callback_time
+        for server in servers
+        for name, callback in server.periodic_callbacks.items()
+        if callback.is_running()
+    }
+    assert not any(name.endswith((".profile", ".profile-cycle")) for name in rates), rates
+    assert sum(rates.values()) <= 25, f"{sum(rates.values()):.0f} wake-ups per second: {rates}"
+
+
 def test_scheduler_address_field_uses_the_separate_cluster(
     separate_cluster: DaskProcesses,
 ) -> None:
