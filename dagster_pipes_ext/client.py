@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 import uuid
@@ -180,6 +181,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         op_context = _op_context(context)
         argv = _normalize_command(command)
         _check_env(env)
+        _check_extras(extras)
         started = time.monotonic()
         per_run = self.cluster_class is not None and self.cluster_lifetime == "run"
         connection = self._connect(cached=not per_run)
@@ -187,8 +189,15 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             task = self._new_task(
                 op_context, connection, resources, workers, allow_other_workers, priority
             )
-            env = {**self._cluster_env(op_context, connection, task.state), **(env or {})}
-            return self._run_session(op_context, task, argv, env, cwd, extras, started)
+            task.after_submit = lambda: op_context.log.info(
+                f"[pipes] Dask cluster: {connection.source.describe()} "
+                f"(scheduler {connection.address})"
+            )
+            try:
+                env = {**self._cluster_env(op_context, connection, task.state), **(env or {})}
+                return self._run_session(op_context, task, argv, env, cwd, extras, started)
+            finally:
+                task.announce()  # a step that failed before the submission says it too
         finally:
             if per_run:
                 connection.close()
@@ -239,14 +248,11 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
     def _cluster_env(
         self, context: OpExecutionContext, connection: Connection, state: ConnectionState
     ) -> dict[str, str]:
-        """Say which cluster this run uses; give the command what it needs to use it too.
+        """Give the command what it needs to use this run's cluster too.
 
         The embedded cluster is in-process (``inproc://``) unless ``embedded_tcp``: the command
         cannot reach it then.
         """
-        context.log.info(
-            f"[pipes] Dask cluster: {connection.source.describe()} (scheduler {connection.address})"
-        )
         if connection.source.kind == "embedded" and connection.source.target != "tcp":
             return {}  # inproc://: no other process can reach it (see embedded_tcp)
         if not state.threads_checked:
@@ -369,6 +375,18 @@ def _check_env(env: Mapping[str, str] | None) -> None:
             f"PipesDaskClient.run(env=...) takes string names and values; not: {bad!r}. "
             "Convert the values with str()."
         )
+
+
+def _check_extras(extras: PipesExtras | None) -> None:
+    """Extras reach the command as JSON: say which one is not, before anything is started."""
+    for name, value in (extras or {}).items():
+        try:
+            json.dumps({name: value})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"PipesDaskClient.run(extras=...) must be JSON-serializable; extras[{name!r}] "
+                f"is not ({exc}). Pass plain str/int/float/bool/None, lists and dicts."
+            ) from None
 
 
 __all__ = ["PipesDaskClient"]

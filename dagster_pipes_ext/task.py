@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
@@ -88,6 +88,10 @@ class LaunchTask:
         restrictions: ``resources``/``workers`` of the task.
         allow_other_workers: ``workers`` is a preference, not a restriction.
         priority: The task's Dask priority.
+
+    Attributes:
+        after_submit: Called once, right after the first submission (or its failure): what the
+            step logs before the launch waits for no event-log write (see :meth:`announce`).
     """
 
     def __init__(
@@ -118,6 +122,13 @@ class LaunchTask:
         self._priority = priority
         self._ended = threading.Event()
         self._reader: PipesDaskMessageReader
+        self.after_submit: Callable[[], None] | None = None
+
+    def announce(self) -> None:
+        """Call ``after_submit`` if it was not called yet."""
+        after_submit, self.after_submit = self.after_submit, None
+        if after_submit is not None:
+            after_submit()
 
     def notify_end(self) -> None:
         """Called by the reader once the launcher's last batch was handled."""
@@ -146,16 +157,19 @@ class LaunchTask:
 
     def _submit_and_wait(self, spec: LaunchSpec, log: Any, *, republish: bool) -> LaunchOutcome:
         self._ended.clear()
-        future = self.client.submit(
-            self._entry(republish),
-            self._task_argument(spec),
-            key=self.key,
-            pure=False,
-            **self._restrictions,
-            allow_other_workers=self._allow_other_workers,
-            priority=self._priority,
-            retries=0,
-        )
+        try:
+            future = self.client.submit(
+                self._entry(republish),
+                self._task_argument(spec),
+                key=self.key,
+                pure=False,
+                **self._restrictions,
+                allow_other_workers=self._allow_other_workers,
+                priority=self._priority,
+                retries=0,
+            )
+        finally:
+            self.announce()  # the task is on its way: the event-log write no longer delays it
         try:
             return self._await(future, log)
         finally:

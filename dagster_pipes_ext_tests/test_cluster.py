@@ -1,5 +1,6 @@
 """Which Dask cluster PipesDaskClient uses, how commands are given, and where they run."""
 
+import logging
 import os
 import shlex
 import socket
@@ -125,6 +126,65 @@ def test_the_embedded_servers_wake_rarely() -> None:
     }
     assert not any(name.endswith((".profile", ".profile-cycle")) for name in rates), rates
     assert sum(rates.values()) <= 25, f"{sum(rates.values()):.0f} wake-ups per second: {rates}"
+
+
+class _ClusterLineWatcher(logging.Handler):
+    """Notes, when the step logs its cluster line, which launcher tasks the client holds."""
+
+    def __init__(self, dask_client: Client) -> None:
+        super().__init__()
+        self.dask_client = dask_client
+        self.held_at_line: list[list[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "[pipes] Dask cluster:" in record.getMessage():
+            keys = [str(key) for key in list(self.dask_client.futures)]
+            self.held_at_line.append([k for k in keys if k.startswith("dagster-pipes-")])
+
+
+def test_the_cluster_line_is_logged_once_the_launcher_is_submitted() -> None:
+    """The `[pipes] Dask cluster:` event-log write does not delay the launch: it follows it."""
+    watchers: list[_ClusterLineWatcher] = []
+
+    @asset
+    def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        watcher = _ClusterLineWatcher(dask_pipes.get_dask_client())
+        watchers.append(watcher)
+        context.log.addHandler(watcher)
+        try:
+            return dask_pipes.run(context=context, command=["true"]).get_materialize_result()
+        finally:
+            context.log.removeHandler(watcher)
+
+    result = materialize([probe], resources={"dask_pipes": _quick()})
+    assert result.success
+    [watcher] = watchers
+    [held] = watcher.held_at_line  # logged once
+    assert len(held) == 1, f"launcher tasks held when the cluster line was logged: {held}"
+
+
+def test_extras_that_are_not_json_fail_before_anything_is_submitted() -> None:
+    """Extras the command could never read fail the step up front, naming the extra."""
+    watchers: list[_ClusterLineWatcher] = []
+
+    @asset
+    def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
+        watcher = _ClusterLineWatcher(dask_pipes.get_dask_client())
+        watchers.append(watcher)
+        context.log.addHandler(watcher)
+        try:
+            extras = {"ok": [1, "two"], "when": object()}
+            dask_pipes.run(context=context, command=["true"], extras=extras)
+        finally:
+            context.log.removeHandler(watcher)
+
+    result = materialize([probe], resources={"dask_pipes": _quick()}, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "extras['when'] is not" in message and "JSON-serializable" in message, message
+    [watcher] = watchers
+    assert watcher.held_at_line == []  # nothing was submitted, no session was begun
 
 
 def test_scheduler_address_field_uses_the_separate_cluster(
