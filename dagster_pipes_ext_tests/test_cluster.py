@@ -142,8 +142,10 @@ class _ClusterLineWatcher(logging.Handler):
             self.held_at_line.append([k for k in keys if k.startswith("dagster-pipes-")])
 
 
-def test_the_cluster_line_is_logged_once_the_launcher_is_submitted() -> None:
-    """The `[pipes] Dask cluster:` event-log write does not delay the launch: it follows it."""
+def _materialize_watched(
+    **run_kwargs: Any,
+) -> tuple[ExecuteInProcessResult, _ClusterLineWatcher]:
+    """Materialize one asset that runs ``true`` with ``run_kwargs``, its cluster line watched."""
     watchers: list[_ClusterLineWatcher] = []
 
     @asset
@@ -152,38 +154,31 @@ def test_the_cluster_line_is_logged_once_the_launcher_is_submitted() -> None:
         watchers.append(watcher)
         context.log.addHandler(watcher)
         try:
-            return dask_pipes.run(context=context, command=["true"]).get_materialize_result()
+            invocation = dask_pipes.run(context=context, command=["true"], **run_kwargs)
+            return invocation.get_materialize_result()
         finally:
             context.log.removeHandler(watcher)
 
-    result = materialize([probe], resources={"dask_pipes": _quick()})
-    assert result.success
+    result = materialize([probe], resources={"dask_pipes": _quick()}, raise_on_error=False)
     [watcher] = watchers
+    return result, watcher
+
+
+def test_the_cluster_line_is_logged_once_the_launcher_is_submitted() -> None:
+    """The `[pipes] Dask cluster:` event-log write does not delay the launch: it follows it."""
+    result, watcher = _materialize_watched()
+    assert result.success
     [held] = watcher.held_at_line  # logged once
     assert len(held) == 1, f"launcher tasks held when the cluster line was logged: {held}"
 
 
 def test_extras_that_are_not_json_fail_before_anything_is_submitted() -> None:
     """Extras the command could never read fail the step up front, naming the extra."""
-    watchers: list[_ClusterLineWatcher] = []
-
-    @asset
-    def probe(context: AssetExecutionContext, dask_pipes: PipesDaskClient):
-        watcher = _ClusterLineWatcher(dask_pipes.get_dask_client())
-        watchers.append(watcher)
-        context.log.addHandler(watcher)
-        try:
-            extras = {"ok": [1, "two"], "when": object()}
-            dask_pipes.run(context=context, command=["true"], extras=extras)
-        finally:
-            context.log.removeHandler(watcher)
-
-    result = materialize([probe], resources={"dask_pipes": _quick()}, raise_on_error=False)
+    result, watcher = _materialize_watched(extras={"ok": [1, "two"], "when": object()})
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     message = str(failure.step_failure_data.error)
     assert "extras['when'] is not" in message and "JSON-serializable" in message, message
-    [watcher] = watchers
     assert watcher.held_at_line == []  # nothing was submitted, no session was begun
 
 
