@@ -90,8 +90,9 @@ class LaunchTask:
         priority: The task's Dask priority.
 
     Attributes:
-        after_submit: Called once, right after the first submission (or its failure): what the
-            step logs before the launch waits for no event-log write (see :meth:`announce`).
+        after_submit: What the step logs about the launch. It is called once, right after the
+            first submission (or its failure), so the event-log write does not delay the launch
+            (see :meth:`announce`).
     """
 
     def __init__(
