@@ -156,9 +156,15 @@ def error_for_ended_task(
     if isinstance(exception, KilledWorker):
         return worker_lost_error(worker)
     if exception is not None:
+        # Without a worker, it never reported in: the scheduler refused it, or it failed first.
+        where = (
+            f"failed on the Dask worker {worker}"
+            if worker
+            else "failed before it reported from any Dask worker (the scheduler refused it, or "
+            "the worker could not start it)"
+        )
         return PipesDaskLaunchError(
-            f"The launcher task {key!r} failed on the Dask worker: "
-            f"{type(exception).__name__}: {exception}"
+            f"The launcher task {key!r} {where}: {type(exception).__name__}: {exception}"
         )
     if cancelled and not connected:
         return PipesDaskSchedulerUnreachableError(

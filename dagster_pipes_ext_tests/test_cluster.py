@@ -441,6 +441,25 @@ def test_workers_restriction_runs_on_that_worker(
     assert _worker_of(result) == address
 
 
+def test_workers_by_number_and_a_number_no_worker_has() -> None:
+    """A worker named by a number (the embedded worker is `0`) is a valid `workers=`; a number
+    that names no worker is refused by the scheduler, and the error says so.
+    """
+    pipes = _quick()
+    [(address, info)] = pipes.get_dask_client().scheduler_info(n_workers=-1)["workers"].items()
+    assert isinstance(info["name"], int)
+    result, _ = _run(pipes, workers=info["name"])
+    assert _worker_of(result) == address
+
+    result, _ = _materialize_watched(workers=[info["name"] + 123])
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "PipesDaskLaunchError" in message, message
+    assert "failed before it reported from any Dask worker (the scheduler refused it" in message
+    assert f"got {info['name'] + 123}" in message  # Dask's own reason follows
+
+
 @pytest.mark.parametrize("scheme", ["with-scheme", "without-scheme"])
 def test_busy_matching_worker_is_waited_for(separate_cluster: DaskProcesses, scheme: str) -> None:
     """A task restricted to a busy worker waits for its SLOTS instead of failing as no-worker."""
