@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import numbers
+import os
 import shlex
 import time
 import uuid
@@ -148,9 +150,9 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         extras: PipesExtras | None = None,
         command: str | Sequence[str],
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         resources: Mapping[str, float] | None = None,
-        workers: str | Sequence[str] | None = None,
+        workers: str | int | Sequence[str | int] | None = None,
         allow_other_workers: bool = False,
         priority: int = 0,
     ) -> PipesClientCompletedInvocation:
@@ -163,7 +165,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             env: Environment variables for this call, on top of the resource's ``env``.
             cwd: Working directory on the worker; overrides the resource's ``cwd``.
             resources: Dask worker resources the task needs, e.g. ``{"GPU": 1}``.
-            workers: Worker addresses, names or hosts the task is restricted to.
+            workers: Worker addresses, names or hosts the task is restricted to (one, or a list).
             allow_other_workers: Let ``workers`` be a preference rather than a restriction.
             priority: Dask scheduling priority of the task.
 
@@ -182,6 +184,8 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         argv = _normalize_command(command)
         _check_env(env)
         _check_extras(extras)
+        cwd = _normalize_cwd(cwd)
+        workers = _check_placement(resources, workers, allow_other_workers, priority)
         started = time.monotonic()
         per_run = self.cluster_class is not None and self.cluster_lifetime == "run"
         connection = self._connect(cached=not per_run)
@@ -270,7 +274,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         context: OpExecutionContext,
         connection: Connection,
         resources: Mapping[str, float] | None,
-        workers: str | Sequence[str] | None,
+        workers: list[str | int] | None,
         allow_other_workers: bool,
         priority: int,
     ) -> LaunchTask:
@@ -287,7 +291,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
             restrictions={
                 "resources": dict(resources) if resources else None,
-                "workers": [workers] if isinstance(workers, str) else workers,
+                "workers": workers,
             },
             allow_other_workers=allow_other_workers,
             priority=priority,
@@ -369,6 +373,11 @@ def _normalize_command(command: str | Sequence[str]) -> list[str]:
 def _check_env(env: Mapping[str, str] | None) -> None:
     if env is None:
         return
+    if not isinstance(env, Mapping):
+        raise TypeError(
+            f"PipesDaskClient.run(env=...) takes a mapping of names to values, got {env!r}. "
+            'Pass a dict, e.g. {"NAME": "value"}.'
+        )
     bad = {k: v for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)}
     if bad:
         raise TypeError(
@@ -379,6 +388,10 @@ def _check_env(env: Mapping[str, str] | None) -> None:
 
 def _check_extras(extras: PipesExtras | None) -> None:
     """Extras reach the command as JSON: say which one is not, before anything is started."""
+    if extras is not None and not isinstance(extras, Mapping):
+        raise TypeError(
+            f"PipesDaskClient.run(extras=...) takes a mapping of names to values, got {extras!r}."
+        )
     for name, value in (extras or {}).items():
         try:
             json.dumps({name: value})
@@ -387,6 +400,73 @@ def _check_extras(extras: PipesExtras | None) -> None:
                 f"PipesDaskClient.run(extras=...) must be JSON-serializable; extras[{name!r}] "
                 f"is not ({exc}). Pass plain str/int/float/bool/None, lists and dicts."
             ) from None
+
+
+def _normalize_cwd(cwd: str | os.PathLike[str] | None) -> str | None:
+    """The working directory as the string the launch spec carries (a ``Path`` is fine too)."""
+    path = os.fspath(cwd) if isinstance(cwd, os.PathLike) else cwd
+    if path is None or isinstance(path, str):
+        return path
+    raise TypeError(
+        f"PipesDaskClient.run(cwd=...) takes a directory on the worker, as a str or a path, "
+        f"got {cwd!r}."
+    )
+
+
+def _is_amount(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
+
+
+def _check_placement(
+    resources: Mapping[str, float] | None,
+    workers: str | int | Sequence[str | int] | None,
+    allow_other_workers: bool,
+    priority: int,
+) -> list[str | int] | None:
+    """Check Dask's placement arguments before anything is submitted; the workers as a list.
+
+    Dask would take most of these mistakes only on the scheduler (a task that fails there) or
+    as a restriction no worker can meet (a wait for ``worker_wait_timeout_seconds``).
+    """
+    if resources is not None:
+        if not isinstance(resources, Mapping):
+            raise TypeError(
+                "PipesDaskClient.run(resources=...) takes a mapping of Dask worker resource "
+                f'names to amounts, e.g. {{"GPU": 1}}; got {resources!r}.'
+            )
+        for name, amount in resources.items():
+            if not isinstance(name, str) or not _is_amount(amount):
+                raise ValueError(
+                    f"PipesDaskClient.run(resources=...): {name!r}: {amount!r} is not a resource "
+                    'name with an amount; use str names and numbers >= 0, e.g. {"GPU": 1}.'
+                )
+    names = [workers] if isinstance(workers, (str, int)) else workers
+    if names is not None:
+        if not isinstance(names, Sequence) or not all(_is_worker_name(w) for w in names):
+            raise TypeError(
+                "PipesDaskClient.run(workers=...) takes a worker address, name or host, or a "
+                f"list of them (str, or int for a worker named by a number); got {workers!r}."
+            )
+        if not names:
+            raise ValueError(
+                "PipesDaskClient.run(workers=...) is empty: name at least one worker, or leave "
+                "it None to let Dask choose."
+            )
+    if not isinstance(allow_other_workers, bool):
+        raise TypeError(
+            "PipesDaskClient.run(allow_other_workers=...) takes True or False, got "
+            f"{allow_other_workers!r}."
+        )
+    if not isinstance(priority, numbers.Real) or isinstance(priority, bool):
+        raise TypeError(
+            f"PipesDaskClient.run(priority=...) takes a number (higher runs first), got "
+            f"{priority!r}."
+        )
+    return list(names) if names is not None else None
+
+
+def _is_worker_name(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 __all__ = ["PipesDaskClient"]

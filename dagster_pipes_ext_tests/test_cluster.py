@@ -345,12 +345,57 @@ def test_invalid_command_fails_before_connecting(
     command: Any, error: type[Exception], match: str
 ) -> None:
     """An invalid command is rejected with a clear message before any scheduler is contacted."""
+    _assert_fails_before_connecting({"command": command}, error, match)
+
+
+@pytest.mark.parametrize(
+    ("run_kwargs", "error", "match"),
+    [
+        ({"env": ["A=1"]}, TypeError, r"run\(env=\.\.\.\) takes a mapping .*\['A=1'\]"),
+        ({"extras": ["a"]}, TypeError, r"run\(extras=\.\.\.\) takes a mapping"),
+        ({"cwd": 5}, TypeError, r"run\(cwd=\.\.\.\) takes a directory .*got 5"),
+        ({"resources": ["GPU"]}, TypeError, r"run\(resources=\.\.\.\) takes a mapping"),
+        ({"resources": {"GPU": "one"}}, ValueError, r"'GPU': 'one' is not a resource name"),
+        ({"resources": {"GPU": -1}}, ValueError, r"'GPU': -1 is not a resource name"),
+        ({"workers": 1.5}, TypeError, r"run\(workers=\.\.\.\) takes a worker address"),
+        ({"workers": [True]}, TypeError, r"run\(workers=\.\.\.\) takes a worker address"),
+        ({"workers": []}, ValueError, r"run\(workers=\.\.\.\) is empty"),
+        ({"allow_other_workers": "no"}, TypeError, r"takes True or False, got 'no'"),
+        ({"priority": "high"}, TypeError, r"run\(priority=\.\.\.\) takes a number"),
+    ],
+    ids=[
+        "env-list",
+        "extras-list",
+        "cwd-int",
+        "resources-list",
+        "resource-amount-str",
+        "resource-amount-negative",
+        "workers-float",
+        "workers-bool",
+        "workers-empty",
+        "allow-other-workers-str",
+        "priority-str",
+    ],
+)
+def test_invalid_run_arguments_fail_before_connecting(
+    run_kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """Placement, env, cwd and extras of the wrong shape fail up front, naming the argument.
+
+    Dask would refuse most of them only on the scheduler, or wait for a worker no one offers.
+    """
+    _assert_fails_before_connecting({"command": ["true"], **run_kwargs}, error, match)
+
+
+def _assert_fails_before_connecting(
+    run_kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
     # A dead scheduler address: reaching it would raise PipesDaskSchedulerUnreachableError.
     pipes = PipesDaskClient(scheduler_address=_dead_address(), connect_timeout_seconds=2)
     captured: dict[str, Any] = {}
     started = time.monotonic()
     with pytest.raises(error, match=match) as excinfo:
-        materialize([_probe_asset(captured, {"command": command})], resources={"dask_pipes": pipes})
+        materialize([_probe_asset(captured, run_kwargs)], resources={"dask_pipes": pipes})
     assert not isinstance(excinfo.value, PipesDaskSchedulerUnreachableError)
     assert time.monotonic() - started < SANITY_SECONDS
     assert captured == {}
@@ -404,6 +449,13 @@ def test_per_call_env_and_cwd_override_the_fields(
     }
     [materialization] = result.asset_materializations_for_node("probe")
     assert materialization.metadata["pipes_test_value"].value == "from-call"
+
+
+def test_cwd_as_a_path_reaches_the_process(separate_cluster: DaskProcesses, tmp_path: Path) -> None:
+    """`run(cwd=Path(...))` is taken as its string (the launch spec carries plain strings)."""
+    pipes = PipesDaskClient(scheduler_address=separate_cluster.address)
+    _, captured = _run(pipes, cwd=tmp_path)
+    assert _facts(captured)["cwd"] == os.path.realpath(tmp_path)
 
 
 # -- placement --------------------------------------------------------------------------------
