@@ -24,7 +24,7 @@ from dagster_pipes import PipesExtras
 from pydantic import Field
 
 from dagster_pipes_ext.cluster import Connection, ConnectionState, connection_state
-from dagster_pipes_ext.connection import DaskConnectionResource
+from dagster_pipes_ext.connection import DaskConnectionResource, require_field
 from dagster_pipes_ext.context_injector import PipesDaskContextInjector, partition_overrides
 from dagster_pipes_ext.errors import (
     error_for_outcome,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 _MISSING_VALUE = object()
 HEARTBEAT_INTERVAL_SECONDS = 1.0
+MIN_BATCH_BYTES = 1024
 
 
 class PipesDaskClient(DaskConnectionResource, PipesClient):
@@ -181,6 +182,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             PipesDaskSchedulerUnreachableError: The scheduler could not be reached.
         """
         op_context = _op_context(context)
+        self._check_fields()
         argv = _normalize_command(command)
         _check_env(env)
         _check_extras(extras)
@@ -205,6 +207,41 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         finally:
             if per_run:
                 connection.close()
+
+    def _check_fields(self) -> None:
+        """The session fields' ranges (the connection's are checked on connecting)."""
+        for name in (
+            "termination_timeout_seconds",
+            "worker_wait_timeout_seconds",
+            "message_drain_timeout_seconds",
+        ):
+            require_field(name, getattr(self, name), at_least=0, why="a time in seconds")
+        require_field(
+            "heartbeat_timeout_seconds",
+            self.heartbeat_timeout_seconds,
+            at_least=3 * HEARTBEAT_INTERVAL_SECONDS,
+            why=f"the launcher sends a heartbeat every {HEARTBEAT_INTERVAL_SECONDS:g} s; one "
+            "that is late must not count as a lost worker",
+        )
+        require_field(
+            "poll_interval_seconds",
+            self.poll_interval_seconds,
+            above=0,
+            why="the launcher's wait while the command is quiet; 0 would keep a worker thread busy",
+        )
+        require_field(
+            "max_batch_bytes",
+            self.max_batch_bytes,
+            at_least=MIN_BATCH_BYTES,
+            why="each batch is one scheduler call",
+        )
+        require_field(
+            "max_message_bytes",
+            self.max_message_bytes,
+            at_least=self.max_batch_bytes,
+            why="the cap applies to lines longer than one batch; to cap lower, lower "
+            "max_batch_bytes too",
+        )
 
     def _run_session(
         self,

@@ -111,6 +111,18 @@ class DaskConnectionResource(ConfigurableResource):
         return self._connect(cached=True).client
 
     def _connect(self, *, cached: bool) -> Connection:
+        require_field(
+            "connect_timeout_seconds",
+            self.connect_timeout_seconds,
+            above=0,
+            why="how long the scheduler has to answer",
+        )
+        require_field(
+            "embedded_threads_per_worker",
+            self.embedded_threads_per_worker,
+            at_least=1,
+            why="each concurrent command on the embedded cluster takes one thread",
+        )
         try:
             source = resolve_source(
                 scheduler_address=self.scheduler_address,
@@ -139,3 +151,26 @@ class DaskConnectionResource(ConfigurableResource):
         return TlsSettings(
             self.tls_ca_file, self.tls_client_cert, self.tls_client_key, self.require_encryption
         )
+
+
+def require_field(
+    name: str,
+    value: float,
+    *,
+    why: str,
+    at_least: float | None = None,
+    above: float | None = None,
+) -> None:
+    """Fail with a :class:`PipesDaskConfigurationError` naming a field whose value is out of range.
+
+    Checked when the resource is used, not when it is built: ``EnvVar`` values are known then.
+    """
+    if at_least is not None and value >= at_least:
+        return
+    if above is not None and value > above:
+        return
+    bound = f"at least {at_least:g}" if at_least is not None else f"more than {above:g}"
+    raise PipesDaskConfigurationError(
+        f"PipesDaskClient({name}={value!r}) is out of range: it must be {bound} ({why}). "
+        "Change it where the resource is configured."
+    )

@@ -18,7 +18,7 @@ class PipesDaskError(DagsterPipesExecutionError):
 
 
 class PipesDaskConfigurationError(PipesDaskError):
-    """The resource's connection fields contradict each other or name nothing usable."""
+    """The resource's fields are out of range, contradict each other or name nothing usable."""
 
 
 class PipesDaskSchedulerUnreachableError(PipesDaskError):

@@ -22,6 +22,7 @@ from distributed import Client
 
 from dagster_pipes_ext import (
     PipesDaskClient,
+    PipesDaskConfigurationError,
     PipesDaskSchedulerUnreachableError,
     close_cached_clients,
 )
@@ -387,11 +388,50 @@ def test_invalid_run_arguments_fail_before_connecting(
     _assert_fails_before_connecting({"command": ["true"], **run_kwargs}, error, match)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("termination_timeout_seconds", -1.0, "at least 0"),
+        ("worker_wait_timeout_seconds", -1.0, "at least 0"),
+        ("message_drain_timeout_seconds", -1.0, "at least 0"),
+        ("heartbeat_timeout_seconds", 0.5, "at least 3"),
+        ("poll_interval_seconds", 0.0, "more than 0"),
+        ("max_batch_bytes", 0, "at least 1024"),
+        ("max_message_bytes", 10, "at least 524288"),
+        ("connect_timeout_seconds", 0.0, "more than 0"),
+        ("embedded_threads_per_worker", 0, "at least 1"),
+    ],
+)
+def test_out_of_range_fields_fail_before_connecting(field: str, value: float, bound: str) -> None:
+    """A field out of its range fails the step up front, naming it and its range (before: a
+    hang for `max_batch_bytes=0`, a lost worker for a heartbeat timeout under the heartbeat
+    interval, a cap ignored for lines under one batch for a small `max_message_bytes`).
+    """
+    _assert_fails_before_connecting(
+        {"command": ["true"]},
+        PipesDaskConfigurationError,
+        rf"PipesDaskClient\({field}={value!r}\) is out of range: it must be {bound} \(",
+        **{field: value},
+    )
+
+
+def test_an_out_of_range_env_var_field_fails_when_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges are checked at run time, where an `EnvVar` has its value."""
+    monkeypatch.setenv("PIPES_EXT_TEST_BATCH", "0")
+    _assert_fails_before_connecting(
+        {"command": ["true"]},
+        PipesDaskConfigurationError,
+        r"max_batch_bytes=0\) is out of range",
+        max_batch_bytes=EnvVar.int("PIPES_EXT_TEST_BATCH"),
+    )
+
+
 def _assert_fails_before_connecting(
-    run_kwargs: dict[str, Any], error: type[Exception], match: str
+    run_kwargs: dict[str, Any], error: type[Exception], match: str, **fields: Any
 ) -> None:
     # A dead scheduler address: reaching it would raise PipesDaskSchedulerUnreachableError.
-    pipes = PipesDaskClient(scheduler_address=_dead_address(), connect_timeout_seconds=2)
+    fields.setdefault("connect_timeout_seconds", 2)
+    pipes = PipesDaskClient(scheduler_address=_dead_address(), **fields)
     captured: dict[str, Any] = {}
     started = time.monotonic()
     with pytest.raises(error, match=match) as excinfo:
