@@ -249,7 +249,14 @@ def _import_gateway(where: str) -> None:
 def _start_cluster(source: ClusterSource, tls: TlsSettings, timeout: float) -> Connection:
     """Start ``cluster_class(**cluster_kwargs)`` (a cluster, or a ready ``Client``) and connect."""
     factory = import_object(source.target)
-    made = factory(**json.loads(source.cluster_kwargs))
+    try:
+        made = factory(**json.loads(source.cluster_kwargs))
+    except Exception as exc:
+        raise DaskConfigurationError(
+            f"cluster_class={source.target!r} did not start with cluster_kwargs="
+            f"{source.cluster_kwargs}: {_with_root_cause(exc)}. Check cluster_kwargs against "
+            f"{source.target}'s parameters, and that what it asks for is available from this host."
+        ) from exc
     if isinstance(made, Client):
         return Connection(made, source)
     try:
@@ -267,6 +274,16 @@ def _start_cluster(source: ClusterSource, tls: TlsSettings, timeout: float) -> C
             f"Started {source.target} but could not connect to its scheduler: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _with_root_cause(exc: BaseException) -> str:
+    """``Type: message``, and the innermost cause when there is one (what actually went wrong)."""
+    text = f"{type(exc).__name__}: {exc}"
+    root, seen = exc, {id(exc)}
+    while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
+        root = inner
+        seen.add(id(inner))
+    return text if root is exc else f"{text} (caused by {type(root).__name__}: {root})"
 
 
 def import_object(path: str) -> Any:

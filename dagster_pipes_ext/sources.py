@@ -60,6 +60,16 @@ class TlsSettings:
         """A ``distributed.Security`` for these settings, or ``None`` for Dask's own config."""
         if not any((self.ca_file, self.client_cert, self.client_key, self.require_encryption)):
             return None
+        for field_name, path in (
+            ("tls_ca_file", self.ca_file),
+            ("tls_client_cert", self.client_cert),
+            ("tls_client_key", self.client_key),
+        ):
+            if path and not os.path.isfile(path):
+                raise DaskConfigurationError(
+                    f"{field_name}={path!r} is not a file on this host (TLS files are read "
+                    "where the Dagster step runs). Point it at the PEM file, or mount it there."
+                )
         from distributed.security import Security
 
         return Security(

@@ -78,13 +78,13 @@ def _step_error(client: PipesDaskClient) -> tuple[str, str]:
 
 def _tls_client(cluster: TlsCluster, **fields) -> PipesDaskClient:
     certs = cluster.certs
-    return PipesDaskClient(
-        scheduler_address=cluster.address,
-        tls_ca_file=str(certs.ca),
-        tls_client_cert=str(certs.client_cert),
-        tls_client_key=str(certs.client_key),
-        **fields,
-    )
+    defaults = {
+        "scheduler_address": cluster.address,
+        "tls_ca_file": str(certs.ca),
+        "tls_client_cert": str(certs.client_cert),
+        "tls_client_key": str(certs.client_key),
+    }
+    return PipesDaskClient(**{**defaults, **fields})
 
 
 def test_tls_fields(tls_cluster: TlsCluster, instance: DagsterInstance) -> None:
@@ -156,6 +156,17 @@ def test_connection_failures_are_clear(case: str, tls_cluster: TlsCluster) -> No
     assert cls_name == "PipesDaskSchedulerUnreachableError", message
     assert expected in message
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("field", ["tls_ca_file", "tls_client_cert", "tls_client_key"])
+def test_a_missing_tls_file_is_named(field: str, tls_cluster: TlsCluster, tmp_path: Path) -> None:
+    """A TLS path that is not a file fails up front, naming the field (Dask's own error names
+    no file: `FileNotFoundError: [Errno 2] No such file or directory`).
+    """
+    missing = str(tmp_path / "missing.pem")
+    cls_name, message = _step_error(_tls_client(tls_cluster, **{field: missing}))
+    assert cls_name == "PipesDaskConfigurationError", message
+    assert f"{field}={missing!r} is not a file on this host" in message
 
 
 def test_failed_connect_does_not_delay_process_exit(tls_cluster: TlsCluster) -> None:
@@ -358,6 +369,20 @@ def test_cluster_class_local_cluster(instance: DagsterInstance) -> None:
     assert first["metadata"]["cluster_sum"] == 6
     assert first["cluster"] == second["cluster"]  # the same cluster, started once
     assert "cluster_class distributed.LocalCluster" in first["cluster"]
+
+
+def test_cluster_class_that_does_not_start_names_the_cause() -> None:
+    """A cluster class that raises on start fails as a configuration error with its real cause
+    (LocalCluster says only "Nanny failed to start"; the unknown keyword is in its cause).
+    """
+    client = PipesDaskClient(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": 1, "processes": False, "bogus_kw": 1},
+    )
+    cls_name, message = _step_error(client)
+    assert cls_name == "PipesDaskConfigurationError", message
+    assert "cluster_class='distributed.LocalCluster' did not start with cluster_kwargs=" in message
+    assert "unexpected keyword argument 'bogus_kw'" in message
 
 
 # -- Slurm --------------------------------------------------------------------------------------
