@@ -184,7 +184,8 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         op_context = _op_context(context)
         self._check_fields()
         argv = _normalize_command(command)
-        _check_env(env)
+        _check_env(self.env, "PipesDaskClient(env=...)")
+        _check_env(env, "PipesDaskClient.run(env=...)")
         _check_extras(extras)
         cwd = _normalize_cwd(cwd)
         workers = _check_placement(resources, workers, allow_other_workers, priority)
@@ -404,23 +405,34 @@ def _normalize_command(command: str | Sequence[str]) -> list[str]:
         )
     if not argv:
         raise ValueError("PipesDaskClient.run(command=...) is empty: name a program to run.")
+    if any("\0" in arg for arg in argv):
+        raise ValueError(
+            f"PipesDaskClient.run(command=...) has a NUL character in an argument: {argv!r}. "
+            "A process cannot receive one; pass the data in a file or through extras."
+        )
     return argv
 
 
-def _check_env(env: Mapping[str, str] | None) -> None:
+def _check_env(env: Mapping[str, str] | None, where: str) -> None:
+    """Names and values the worker's ``execve`` takes (it refuses the rest with no name given)."""
     if env is None:
         return
     if not isinstance(env, Mapping):
         raise TypeError(
-            f"PipesDaskClient.run(env=...) takes a mapping of names to values, got {env!r}. "
+            f"{where} takes a mapping of names to values, got {env!r}. "
             'Pass a dict, e.g. {"NAME": "value"}.'
         )
     bad = {k: v for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)}
     if bad:
         raise TypeError(
-            f"PipesDaskClient.run(env=...) takes string names and values; not: {bad!r}. "
-            "Convert the values with str()."
+            f"{where} takes string names and values; not: {bad!r}. Convert the values with str()."
         )
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(
+                f"{where}: {name!r}: {value!r} cannot be an environment variable; a name is "
+                "non-empty and has no '=' or NUL character, a value has no NUL character."
+            )
 
 
 def _check_extras(extras: PipesExtras | None) -> None:
@@ -442,6 +454,8 @@ def _check_extras(extras: PipesExtras | None) -> None:
 def _normalize_cwd(cwd: str | os.PathLike[str] | None) -> str | None:
     """The working directory as the string the launch spec carries (a ``Path`` is fine too)."""
     path = os.fspath(cwd) if isinstance(cwd, os.PathLike) else cwd
+    if isinstance(path, str) and "\0" in path:
+        raise ValueError(f"PipesDaskClient.run(cwd=...) has a NUL character: {path!r}.")
     if path is None or isinstance(path, str):
         return path
     raise TypeError(

@@ -355,6 +355,11 @@ def test_invalid_command_fails_before_connecting(
         ({"env": ["A=1"]}, TypeError, r"run\(env=\.\.\.\) takes a mapping .*\['A=1'\]"),
         ({"extras": ["a"]}, TypeError, r"run\(extras=\.\.\.\) takes a mapping"),
         ({"cwd": 5}, TypeError, r"run\(cwd=\.\.\.\) takes a directory .*got 5"),
+        ({"cwd": "/tmp\0x"}, ValueError, r"run\(cwd=\.\.\.\) has a NUL character"),
+        ({"env": {"A=B": "1"}}, ValueError, r"'A=B': '1' cannot be an environment variable"),
+        ({"env": {"": "1"}}, ValueError, r"'': '1' cannot be an environment variable"),
+        ({"env": {"A": "x\0y"}}, ValueError, r"'A': 'x\\x00y' cannot be an environment"),
+        ({"command": ["echo", "a\0b"]}, ValueError, r"run\(command=\.\.\.\) has a NUL"),
         ({"resources": ["GPU"]}, TypeError, r"run\(resources=\.\.\.\) takes a mapping"),
         ({"resources": {"GPU": "one"}}, ValueError, r"'GPU': 'one' is not a resource name"),
         ({"resources": {"GPU": -1}}, ValueError, r"'GPU': -1 is not a resource name"),
@@ -368,6 +373,11 @@ def test_invalid_command_fails_before_connecting(
         "env-list",
         "extras-list",
         "cwd-int",
+        "cwd-nul",
+        "env-name-with-equals",
+        "env-name-empty",
+        "env-value-nul",
+        "command-nul",
         "resources-list",
         "resource-amount-str",
         "resource-amount-negative",
@@ -423,6 +433,16 @@ def test_an_out_of_range_env_var_field_fails_when_resolved(monkeypatch: pytest.M
         PipesDaskConfigurationError,
         r"max_batch_bytes=0\) is out of range",
         max_batch_bytes=EnvVar.int("PIPES_EXT_TEST_BATCH"),
+    )
+
+
+def test_an_impossible_env_field_fails_before_connecting() -> None:
+    """The resource's own `env` is checked too (the worker's `execve` would refuse it unnamed)."""
+    _assert_fails_before_connecting(
+        {"command": ["true"]},
+        ValueError,
+        r"PipesDaskClient\(env=\.\.\.\): 'A=B': '1' cannot be an environment variable",
+        env={"A=B": "1"},
     )
 
 
