@@ -104,7 +104,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         description=(
             "How long the launcher may send nothing, not even its heartbeat (every second), "
             "before the worker counts as lost and the step fails; the worker's supervisor then "
-            "stops the command on its own."
+            "stops the command on its own. At least 3."
         ),
     )
     poll_interval_seconds: float = Field(
@@ -114,14 +114,15 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
         default=512 * 1024,
         description=(
             "Largest batch of messages/stdio in one scheduler call; 8 batches at most are in "
-            "flight (a longer message travels in pieces)."
+            "flight (a longer message travels in pieces). At least 1024."
         ),
     )
     max_message_bytes: int = Field(
         default=64 * 1024 * 1024,
         description=(
             "Longest Pipes message line forwarded. A longer one is not forwarded, every other "
-            "message still is, and the step fails naming the message's method and size."
+            "message still is, and the step fails naming the message's method and size. At "
+            "least max_batch_bytes."
         ),
     )
 
