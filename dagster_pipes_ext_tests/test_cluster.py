@@ -518,6 +518,34 @@ def test_cwd_as_a_path_reaches_the_process(separate_cluster: DaskProcesses, tmp_
     assert _facts(captured)["cwd"] == os.path.realpath(tmp_path)
 
 
+SUPERVISOR_AGE = (
+    "import os, psutil\n"
+    "from dagster_pipes import open_dagster_pipes\n"
+    "with open_dagster_pipes() as context:\n"
+    "    started = psutil.Process(os.getppid()).create_time()\n"
+    "    context.report_asset_materialization(metadata={'supervisor_started': started})\n"
+)
+
+
+def test_a_launch_after_a_pause_takes_the_spare_supervisor(
+    separate_cluster: DaskProcesses,
+) -> None:
+    """The next spare supervisor starts shortly after a session ends (not at once, where its
+    start-up would compete with the end of the step): a launch a second later takes it, so its
+    supervisor is older than the launch.
+    """
+    pipes = PipesDaskClient(scheduler_address=separate_cluster.address)
+    for _ in range(2):  # the second takes the spare that was ready: the next one is replenished
+        _run(pipes, command=["python", "-c", SUPERVISOR_AGE])
+        time.sleep(1.0)
+    launched_at = time.time()
+    result, _ = _run(pipes, command=["python", "-c", SUPERVISOR_AGE])
+    [materialization] = result.asset_materializations_for_node("probe")
+    started = materialization.metadata["supervisor_started"].value
+    assert isinstance(started, float)
+    assert started < launched_at - 0.1, (started, launched_at)
+
+
 # -- placement --------------------------------------------------------------------------------
 
 

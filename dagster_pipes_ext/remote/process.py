@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,11 @@ from dagster_pipes_ext.remote.wire import LaunchSpec
 
 SUPERVISOR_EXIT_SECONDS = 10.0
 SUPERVISOR_START_SECONDS = 30.0
+# The next spare starts this long after a session's outcome went out. Started at once, its
+# interpreter start-up (~20 ms of CPU) overlapped the end of the step that ran the session
+# (+4-7 ms of wall time on 2 cores, where the worker shares the step's CPU); a launch that comes
+# sooner starts its own supervisor, as one without a spare always did.
+SPARE_START_DELAY_SECONDS = 0.1
 # Where a worker process keeps its spare supervisors (shared by every launcher it unpickled).
 _SPARES_MODULE = "__dagster_pipes_ext_supervisors__"
 
@@ -144,10 +150,11 @@ class Supervised:
         """Reap the supervisor (it exits as it reports) and start the next spare.
 
         Called once the session's outcome went out: neither the supervisor's exit nor the next
-        spare's start-up (a fork of the worker process, then an interpreter) delays the run.
+        spare's start-up (a fork of the worker process, then an interpreter, after
+        :data:`SPARE_START_DELAY_SECONDS`) delays the run.
         """
         self.kill()  # the supervisor has exited already: this only reaps it
-        self._spares.replenish()
+        self._spares.replenish(after=SPARE_START_DELAY_SECONDS)
 
     def _close_control(self) -> None:
         with self._control_lock:
@@ -218,6 +225,7 @@ class SpareSupervisors:
         self._spare: tuple[subprocess.Popen[bytes], int, int] | None = None
         self._wanted = threading.Event()
         self._wanted.set()
+        self._not_before = 0.0  # time.monotonic() before which no spare starts
         self._closed = False
         threading.Thread(target=self._keep_one, daemon=True, name="pipes-spare-supervisor").start()
 
@@ -229,6 +237,11 @@ class SpareSupervisors:
                 return
             if self._spare is not None:
                 continue  # one is ready already
+            delay = self._not_before - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+                if self._closed:
+                    return
             try:
                 spare = _start_supervisor({}, None, forward_stdout=True, spare=True)
             except OSError:
@@ -248,8 +261,12 @@ class SpareSupervisors:
             return None
         return spare
 
-    def replenish(self) -> None:
-        """Start the next spare (once a command ended: not while one starts, on a busy CPU)."""
+    def replenish(self, *, after: float = 0.0) -> None:
+        """Start the next spare, ``after`` seconds from now.
+
+        Called once a command ended, not while one starts, on a busy CPU.
+        """
+        self._not_before = time.monotonic() + after
         self._wanted.set()
 
     def close(self) -> None:
