@@ -455,14 +455,14 @@ def _check_extras(extras: PipesExtras | None) -> None:
 def _normalize_cwd(cwd: str | os.PathLike[str] | None) -> str | None:
     """The working directory as the string the launch spec carries (a ``Path`` is fine too)."""
     path = os.fspath(cwd) if isinstance(cwd, os.PathLike) else cwd
-    if isinstance(path, str) and "\0" in path:
+    if path is not None and not isinstance(path, str):
+        raise TypeError(
+            f"PipesDaskClient.run(cwd=...) takes a directory on the worker, as a str or a path, "
+            f"got {cwd!r}."
+        )
+    if path and "\0" in path:
         raise ValueError(f"PipesDaskClient.run(cwd=...) has a NUL character: {path!r}.")
-    if path is None or isinstance(path, str):
-        return path
-    raise TypeError(
-        f"PipesDaskClient.run(cwd=...) takes a directory on the worker, as a str or a path, "
-        f"got {cwd!r}."
-    )
+    return path
 
 
 def _is_amount(value: object) -> bool:
