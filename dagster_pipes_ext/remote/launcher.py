@@ -255,7 +255,8 @@ def _prepare_files(spec: LaunchSpec, workdir: str) -> tuple[dict[str, str], str]
     context_path = os.path.join(workdir, "context.json")
     messages_path = os.path.join(workdir, "messages.jsonl")
     with open(context_path, "w", encoding="utf-8") as f:
-        json.dump(spec["context_data"], f)
+        # dumps, not dump: json.dump encodes in pure Python, chunk by chunk (5x slower here).
+        f.write(json.dumps(spec["context_data"]))
     open(messages_path, "wb").close()
     env = {**os.environ, **spec["env"]}
     env.setdefault("PYTHONUNBUFFERED", "1")
