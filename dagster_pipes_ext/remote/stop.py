@@ -15,6 +15,9 @@ from dagster_pipes_ext.remote.wire import LaunchSpec
 STOP_POLL_SECONDS = 2.0  # one long-poll of the stop event
 STOP_RETRY_SECONDS = 1.0  # after the scheduler did not answer it
 STOP_OPEN_POLL_SECONDS = 0.05  # then doubling, while the session is not opened on the scheduler
+# The watch's first long-poll starts this long after the command: a short command never costs
+# the scheduler call, nor its answer at the session's end; a stop asked for meanwhile stays set.
+STOP_FIRST_POLL_SECONDS = 0.25
 
 
 class StopPolicy:
@@ -65,6 +68,7 @@ class StopPolicy:
         """
         stock = False
         not_open_wait = STOP_OPEN_POLL_SECONDS
+        self._done.wait(STOP_FIRST_POLL_SECONDS)
         while not self._done.is_set():
             try:
                 answer = None
