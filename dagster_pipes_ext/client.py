@@ -197,7 +197,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             task = self._new_task(
                 op_context, connection, resources, workers, allow_other_workers, priority
             )
-            task.after_submit = lambda: op_context.log.info(
+            task.announcement = lambda: op_context.log.info(
                 f"[pipes] Dask cluster: {connection.source.describe()} "
                 f"(scheduler {connection.address})"
             )
@@ -205,7 +205,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
                 env = {**self._cluster_env(op_context, connection, task.state), **(env or {})}
                 return self._run_session(op_context, task, argv, env, cwd, extras, started)
             finally:
-                task.announce()  # a step that failed before the submission says it too
+                task.announce()  # a launcher that never reported its start: the step says it too
         finally:
             if per_run:
                 connection.close()
@@ -264,6 +264,7 @@ class PipesDaskClient(DaskConnectionResource, PipesClient):
             forward_stdio=self.forward_stdio,
             log=context.log,
             drain_timeout_seconds=self.message_drain_timeout_seconds,
+            on_start=task.announce,
             on_end=task.notify_end,
         )
         outcome: LaunchOutcome | None = None

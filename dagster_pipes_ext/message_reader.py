@@ -72,6 +72,8 @@ class PipesDaskMessageReader(PipesMessageReader):
         forward_stdio: Write the external process's stdout/stderr to the step's compute logs.
         log: Where launcher notices and reader warnings go (the step's ``context.log``).
         drain_timeout_seconds: How long :meth:`wait_for_end` waits with nothing arriving.
+        on_start: Called (from the consumer thread) when the launcher reports its start, before
+            anything the command sent is handled.
         on_end: Called (from the consumer thread) once the launcher's last batch was handled.
 
     Attributes:
@@ -95,6 +97,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         forward_stdio: bool = True,
         log: Any = None,
         drain_timeout_seconds: float = 60.0,
+        on_start: Callable[[], Any] | None = None,
         on_end: Callable[[], Any] | None = None,
     ) -> None:
         self._client = dask_client
@@ -103,6 +106,7 @@ class PipesDaskMessageReader(PipesMessageReader):
         self._forward_stdio = forward_stdio
         self._log = log
         self._drain_timeout = drain_timeout_seconds
+        self._on_start = on_start
         self._on_end = on_end
         self._handler: PipesMessageHandler | None = None
         self._opening: concurrent.futures.Future[Any] | None = None
@@ -361,6 +365,8 @@ class PipesDaskMessageReader(PipesMessageReader):
                 stream.flush()
         elif kind == REC_START:
             self.worker_address = data.get("worker")
+            if self._on_start is not None:
+                self._on_start()
         elif kind == REC_NOTE:
             self._info(str(data))
         elif kind == REC_END:

@@ -90,9 +90,9 @@ class LaunchTask:
         priority: The task's Dask priority.
 
     Attributes:
-        after_submit: What the step logs about the launch. It is called once, right after the
-            first submission (or its failure), so the event-log write does not delay the launch
-            (see :meth:`announce`).
+        announcement: What the step logs about the launch. It is called once, when the
+            launcher reports its start (the reader calls :meth:`announce` then), or at the end
+            of ``run()`` if it never did: the event-log write stays off the launch's path.
     """
 
     def __init__(
@@ -123,13 +123,15 @@ class LaunchTask:
         self._priority = priority
         self._ended = threading.Event()
         self._reader: PipesDaskMessageReader
-        self.after_submit: Callable[[], None] | None = None
+        self.announcement: Callable[[], None] | None = None
+        self._announcing = threading.Lock()
 
     def announce(self) -> None:
-        """Call ``after_submit`` if it was not called yet."""
-        after_submit, self.after_submit = self.after_submit, None
-        if after_submit is not None:
-            after_submit()
+        """Call ``announcement`` if it was not called yet (from the reader's thread, or run's)."""
+        with self._announcing:
+            announcement, self.announcement = self.announcement, None
+        if announcement is not None:
+            announcement()
 
     def notify_end(self) -> None:
         """Called by the reader once the launcher's last batch was handled."""
@@ -158,19 +160,16 @@ class LaunchTask:
 
     def _submit_and_wait(self, spec: LaunchSpec, log: Any, *, republish: bool) -> LaunchOutcome:
         self._ended.clear()
-        try:
-            future = self.client.submit(
-                self._entry(republish),
-                self._task_argument(spec),
-                key=self.key,
-                pure=False,
-                **self._restrictions,
-                allow_other_workers=self._allow_other_workers,
-                priority=self._priority,
-                retries=0,
-            )
-        finally:
-            self.announce()  # the task is on its way: the event-log write no longer delays it
+        future = self.client.submit(
+            self._entry(republish),
+            self._task_argument(spec),
+            key=self.key,
+            pure=False,
+            **self._restrictions,
+            allow_other_workers=self._allow_other_workers,
+            priority=self._priority,
+            retries=0,
+        )
         try:
             return self._await(future, log)
         finally:
