@@ -86,21 +86,29 @@ def _launch(worker: Any, argument: LaunchSpec | SpecRef) -> LaunchOutcome:
         proc, messages_path = _start_command(spec, sender, workdir, outcome)
         if proc is not None:
             _run_command(proc, messages_path, spec, sender, policy, heartbeat, outcome)
+        # Cleared up before the last batch: once the orchestrator has it, its step goes on, and
+        # on an embedded cluster this thread's work would compete with it for the GIL.
+        _clear_up(policy, proc, workdir)
         if not policy.abandoned:
             _send_outcome(sender, outcome, spec)
     except ReaderGone:
         policy.abandoned = True
     finally:
-        heartbeat.stop()
-        policy.close()
-        if proc is not None:
-            proc.release()  # once the outcome went out: reap the supervisor, start the next spare
-        shutil.rmtree(workdir, ignore_errors=True)
+        heartbeat.stop()  # beats go on while the last batch waits for room: the reader is slow
+        _clear_up(policy, proc, workdir)
     if policy.abandoned:
         # Nobody reads the session any more: clean the scheduler instead of sending.
         outcome["last_seq"] = sender.last_seq
         _forget_abandoned_session(worker, spec)
     return outcome
+
+
+def _clear_up(policy: StopPolicy, proc: Supervised | None, workdir: str) -> None:
+    """End the stop watch, reap the supervisor (it has reported), remove the session's files."""
+    policy.close()
+    if proc is not None:
+        proc.release()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _new_outcome(worker: Any) -> LaunchOutcome:

@@ -72,6 +72,7 @@ class Supervised:
         self._on_exit: Callable[[], None] | None = None
         self._control_lock = threading.Lock()
         self._spares = spares
+        self._released = False
         try:
             self.pid = self._await_start()
         except BaseException:
@@ -147,12 +148,15 @@ class Supervised:
         self._reap()
 
     def release(self) -> None:
-        """Reap the supervisor (it exits as it reports) and start the next spare.
+        """Reap the supervisor (it exits as it reports) and start the next spare (once).
 
-        Called once the session's outcome went out: neither the supervisor's exit nor the next
-        spare's start-up (a fork of the worker process, then an interpreter, after
-        :data:`SPARE_START_DELAY_SECONDS`) delays the run.
+        Called once the command and its descendants are gone: the next spare's start-up (a
+        fork of the worker process, then an interpreter, after
+        :data:`SPARE_START_DELAY_SECONDS`) does not delay the run.
         """
+        if self._released:
+            return
+        self._released = True
         self.kill()  # the supervisor has exited already: this only reaps it
         self._spares.replenish(after=SPARE_START_DELAY_SECONDS)
 
@@ -164,6 +168,9 @@ class Supervised:
                     os.close(control)
 
     def _reap(self) -> None:
+        # Its status pipe ends as it exits: one wait for that, not Popen.wait's sleep-and-poll
+        # loop, which woke this thread ~20 times per session (each a GIL hand-off).
+        self._reader.join(timeout=SUPERVISOR_EXIT_SECONDS)
         try:
             self.supervisor.wait(timeout=SUPERVISOR_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
