@@ -1,15 +1,15 @@
-"""The command's stdout and stderr on the worker: two pump threads and a bounded queue."""
+"""The command's stdout and stderr on the worker, read by the launcher's own thread."""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import os
-import queue
+import select
 import threading
-import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dagster_pipes_ext.remote.wire import REC_STDERR, REC_STDOUT
 
@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 STDERR_TAIL_BYTES = 4096
 PIPE_READ_BYTES = 65536
-PUMP_JOIN_SECONDS = 5.0
-PUMP_JOIN_SLICE_SECONDS = 0.01
-# Pipe reads the launcher holds before the pumps wait (each up to PIPE_READ_BYTES).
-STDIO_QUEUE_CHUNKS = 16
+# What one drain takes from each pipe at most: the rest waits in the pipe, whose buffer is
+# raised to this size where the kernel allows, so the command keeps writing while the launcher
+# sends what it read.
+DRAIN_BYTES_PER_PIPE = 1024 * 1024
 
 
 class RecordSink(Protocol):
@@ -31,74 +31,85 @@ class RecordSink(Protocol):
         """Add a record."""
 
 
-_Item = tuple[str, str] | None  # (kind, text), or None when a pump reached EOF
-_WAKE: _Item = ("", "")  # no stdio: wakes the launcher's loop (compared by identity)
-
-
 class StdioDrain:
-    """The command's stdout/stderr: two pump threads feed a queue the task thread drains.
+    """The command's stdout/stderr: non-blocking pipes the task thread reads itself.
 
-    The queue is bounded (:data:`STDIO_QUEUE_CHUNKS` reads): when the launcher waits for the
-    reader, the pumps wait too, the pipe fills, and the command blocks on its next write. It
-    also keeps the last few KiB of stderr for the error message, and the item returned by
-    the last :meth:`wait`, which the next :meth:`drain` handles first.
+    No thread of its own: :meth:`wait` sleeps in ``poll`` until a pipe has data or reached its
+    end, :meth:`wake` is called, or the timeout passes, and :meth:`drain` reads what the pipes
+    hold, a bounded amount at a time. While the launcher waits for the reader (the data queue
+    is full) nothing is read: the pipe fills and the command blocks on its next write. It also
+    keeps the last few KiB of stderr for the error message.
     """
 
     def __init__(self, proc: Supervised, *, forward: bool) -> None:
         self._forward = forward
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=STDIO_QUEUE_CHUNKS)
         self._stderr: deque[str] = deque()
         self._stderr_len = 0
-        self._carried: _Item | Literal[False] = False
-        self._pumps: list[threading.Thread] = []
+        self._lock = threading.Lock()  # wake() comes from another thread; never after close()
+        self._closed = False
+        self._pipes: dict[int, tuple[str, codecs.IncrementalDecoder]] = {}
+        self._poller = select.poll()  # not select(): a worker's descriptors may pass 1024
         for stream, kind in ((proc.stdout, REC_STDOUT), (proc.stderr, REC_STDERR)):
             if stream is None:
                 continue
             fd = os.dup(stream.fileno())
             stream.close()
-            pump = threading.Thread(
-                target=_pump_stream, args=(fd, kind, self._queue), daemon=True, name=f"pipes-{kind}"
-            )
-            pump.start()
-            self._pumps.append(pump)
-        self._open = len(self._pumps)
+            os.set_blocking(fd, False)
+            with contextlib.suppress(OSError, AttributeError):  # Linux only; capped for non-root
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, DRAIN_BYTES_PER_PIPE)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self._pipes[fd] = (kind, decoder)
+            self._poller.register(fd, select.POLLIN)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._poller.register(self._wake_read, select.POLLIN)
 
     @property
     def open(self) -> bool:
         """Whether a pipe is still open (the command, or something it started, holds it)."""
-        return self._open > 0
+        return bool(self._pipes)
 
     def drain(self, sender: RecordSink) -> None:
-        """Hand everything queued so far to ``sender`` without blocking."""
-        while True:
-            if self._carried is not False:
-                item, self._carried = self._carried, False
-            else:
+        """Hand what the pipes hold to ``sender`` without blocking (bounded per pipe)."""
+        for fd, (kind, decoder) in list(self._pipes.items()):
+            budget = DRAIN_BYTES_PER_PIPE
+            while budget > 0:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    return
-            if item is None:
-                self._open -= 1
-                continue
-            if item is _WAKE:
-                continue
-            kind, text = item
-            if kind == REC_STDERR:
-                self._keep_stderr(text)
-                if not self._forward:
-                    continue
-            sender.add(kind, text, len(text))
+                    chunk = os.read(fd, min(PIPE_READ_BYTES, budget))
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._add(sender, kind, decoder.decode(b"", final=True))
+                    self._close_pipe(fd)
+                    break
+                budget -= len(chunk)
+                self._add(sender, kind, decoder.decode(chunk))
+
+    def _add(self, sender: RecordSink, kind: str, text: str) -> None:
+        if not text:
+            return
+        if kind == REC_STDERR:
+            self._keep_stderr(text)
+            if not self._forward:
+                return
+        sender.add(kind, text, len(text))
 
     def wake(self) -> None:
         """End a :meth:`wait` now (from any thread): something else needs the launcher's loop."""
-        with contextlib.suppress(queue.Full):  # a full queue ends the wait anyway
-            self._queue.put_nowait(_WAKE)
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(OSError):  # full: a wake-up is pending already
+                    os.write(self._wake_write, b"!")
 
     def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for stdio; what arrives is handled by the next :meth:`drain`."""
-        with contextlib.suppress(queue.Empty):
-            self._carried = self._queue.get(timeout=timeout)
+        """Wait up to ``timeout`` for stdio (or its end); the next :meth:`drain` handles it."""
+        for fd, _ in self._poller.poll(int(timeout * 1000) + 1):
+            if fd == self._wake_read:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_read, 4096)
 
     def _keep_stderr(self, text: str) -> None:
         self._stderr.append(text)
@@ -110,39 +121,16 @@ class StdioDrain:
         """The last few KiB the command wrote to stderr."""
         return "".join(self._stderr)[-STDERR_TAIL_BYTES:]
 
+    def _close_pipe(self, fd: int) -> None:
+        del self._pipes[fd]
+        self._poller.unregister(fd)
+        os.close(fd)
+
     def close(self) -> None:
-        """Wait (bounded) for the pump threads to finish, discarding what nobody will read.
-
-        A pump blocked on the full queue finishes once the queue is drained; one that put its
-        EOF is ending already: joining it returns as soon as it has.
-        """
-        deadline = time.monotonic() + PUMP_JOIN_SECONDS
-        for pump in self._pumps:
-            while pump.is_alive() and time.monotonic() < deadline:
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        self._queue.get_nowait()
-                pump.join(timeout=PUMP_JOIN_SLICE_SECONDS)
-
-
-def _pump_stream(fd: int, kind: str, out: queue.Queue[_Item]) -> None:
-    """Forward a pipe's text to ``out`` chunk by chunk until EOF."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, PIPE_READ_BYTES)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                tail = decoder.decode(b"", final=True)
-                if tail:
-                    out.put((kind, tail))
-                return
-            text = decoder.decode(chunk)
-            if text:
-                out.put((kind, text))
-    finally:
-        out.put(None)
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        """Close the pipes (what nobody will read is discarded) and the wake-up pipe."""
+        for fd in list(self._pipes):
+            self._close_pipe(fd)
+        with self._lock:
+            self._closed = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
