@@ -45,6 +45,16 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
     return value / baseline
 
 
+def paired_ratio(values: Sequence[float], baseline: Sequence[float]) -> float | None:
+    """The median of the per-rep ratios ``values[i] / baseline[i]`` (samples of the same rep).
+
+    Interleaved clients share each rep's machine state, so this follows what the client adds
+    where the machine's speed drifts between reps, which moves a ratio of medians.
+    """
+    pairs = [v / b for v, b in zip(values, baseline, strict=False) if b > 0]
+    return percentile(pairs, 50) if pairs else None
+
+
 def interleave(reps: int, names: Sequence[T]) -> Iterator[tuple[int, T]]:
     """Yield ``(rep, name)`` for every rep, rotating the order each rep to spread order effects."""
     n = len(names)

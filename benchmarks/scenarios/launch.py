@@ -12,8 +12,9 @@ from typing import Any
 
 from benchmarks.assets import check_trivial, trivial_asset
 from benchmarks.bench import Bench, client_results, dagster_instance, measure_interleaved
-from benchmarks.common import PIPES_CLIENTS
+from benchmarks.common import PIPES_CLIENTS, SUBPROCESS
 from benchmarks.printing import print_client_table, say
+from benchmarks.stats import paired_ratio
 
 TITLE = "1. Launch overhead (trivial Pipes asset, one materialize() per sample)"
 
@@ -32,13 +33,25 @@ def run(bench: Bench) -> dict[str, Any]:
         measured = measure_interleaved(clients, reps, once, check=check_trivial, warmup=once)
     results = client_results(measured)
     print_client_table(results)
+    base = results.get(SUBPROCESS, {}).get("samples_seconds", [])
+    for name, entry in results.items():
+        if name != SUBPROCESS and base:
+            entry["paired_ratio_to_subprocess"] = paired_ratio(entry["samples_seconds"], base)
+    paired = ", ".join(
+        f"{name} {entry['paired_ratio_to_subprocess']:.2f}x"
+        for name, entry in results.items()
+        if entry.get("paired_ratio_to_subprocess") is not None
+    )
+    if paired:
+        say(f"  median of the per-rep ratios to subprocess (same rep, same machine): {paired}")
     return {
         "title": TITLE,
         "method": (
             "materialize([asset]) of one asset whose external script opens Pipes and reports "
             "one materialization; wall time of the whole call (time.perf_counter); clients "
             "interleaved with rotating order; 1 untimed warm-up per client; gc.collect() "
-            "before each sample (untimed)."
+            "before each sample (untimed). paired_ratio_to_subprocess: the median of the "
+            "per-rep ratios (sample i of a client over sample i of subprocess)."
         ),
         "params": {"reps": reps, "instance": bench.instance_kind},
         "clients": results,
