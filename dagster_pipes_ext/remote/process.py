@@ -21,10 +21,11 @@ from dagster_pipes_ext.remote.wire import LaunchSpec
 
 SUPERVISOR_EXIT_SECONDS = 10.0
 SUPERVISOR_START_SECONDS = 30.0
-# The next spare starts this long after a session's outcome went out. Started at once, its
-# interpreter start-up (~20 ms of CPU) overlapped the end of the step that ran the session
-# (+4-7 ms of wall time on 2 cores, where the worker shares the step's CPU); a launch that comes
-# sooner starts its own supervisor, as one without a spare always did.
+# The next spare starts this long after a session's supervisor was reaped, just before its
+# outcome goes out. Started at once, its interpreter start-up (~20 ms of CPU) overlapped the end
+# of the step that ran the session (+4-7 ms of wall time on 2 cores, where the worker shares the
+# step's CPU); a launch that comes sooner starts its own supervisor, as one without a spare
+# always did.
 SPARE_START_DELAY_SECONDS = 0.1
 # Where a worker process keeps its spare supervisors (shared by every launcher it unpickled).
 _SPARES_MODULE = "__dagster_pipes_ext_supervisors__"
