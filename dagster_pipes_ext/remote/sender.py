@@ -126,6 +126,7 @@ class Sender:
         self._queue_seen = True
         self.last_seq += 1
         self._records = []
+        self._size = 0
 
     def _wait_for_room(self) -> None:
         """Wait until the queue has room, polling its size more slowly as the wait goes on.
@@ -139,7 +140,6 @@ class Sender:
             time.sleep(delay)
             delay = min(delay * 2, PUT_SLICE_SECONDS)
         self._queue_full = False
-        self._size = 0
 
 
 class Heartbeat:
