@@ -31,10 +31,12 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return seen
 
 
-def _materialize(pipes: PipesDaskClient, command: list[str], after_run: Any = None) -> Any:
+def _materialize(
+    pipes: PipesDaskClient, command: list[str], after_run: Any = None, **run_kwargs: Any
+) -> Any:
     @asset
     def session(context: AssetExecutionContext, dask_pipes: PipesDaskClient) -> MaterializeResult:
-        invocation = dask_pipes.run(context=context, command=command)
+        invocation = dask_pipes.run(context=context, command=command, **run_kwargs)
         result = invocation.get_materialize_result()
         if after_run is not None:
             after_run(result)
@@ -86,3 +88,19 @@ def test_the_session_is_cleared_up_on_the_worker_when_run_returns(
 
     _materialize(pipes, ["python", script("report_context_dir.py")], after_run)
     assert seen == {"dir_exists": False, "zombies": []}
+
+
+def test_messages_travel_in_batches_not_one_record_per_call(
+    batches: list[list[str]], separate_cluster: DaskProcesses
+) -> None:
+    """A steady stream of messages goes in a batch per launcher round, not a call per record.
+
+    (The batch's size was not reset after a put: once a session had sent max_batch_bytes in
+    all, every record went alone. 20,000 custom messages took 167-952 scheduler calls here
+    instead of 15-19, and 100,000 took 1.55x the subprocess client's time on a separate
+    cluster.)
+    """
+    pipes = PipesDaskClient(scheduler_address=separate_cluster.address)
+    _materialize(pipes, ["python", script("stream_flood.py")], env={"COUNT": "20000"})
+    message_batches = [b for b in batches if REC_MESSAGES in b]
+    assert len(message_batches) <= 80, f"{len(message_batches)} batches carried the messages"
