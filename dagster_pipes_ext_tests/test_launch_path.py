@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset, materialize
 
 from dagster_pipes_ext import PipesDaskClient
 from dagster_pipes_ext.message_reader import PipesDaskMessageReader
-from dagster_pipes_ext.remote.wire import REC_END, REC_MESSAGES, REC_START
+from dagster_pipes_ext.remote.wire import REC_MESSAGES
 from dagster_pipes_ext_tests.conftest import script
 from dagster_pipes_ext_tests.support.processes import DaskProcesses
 
@@ -45,23 +45,6 @@ def _materialize(
     result = materialize([session], resources={"dask_pipes": pipes})
     assert result.success
     return result
-
-
-def test_the_start_record_rides_the_first_message(batches: list[list[str]]) -> None:
-    """A command that reports at once costs no batch for the launcher's start record alone."""
-    pipes = PipesDaskClient()
-    command = ["python", script("report_context_dir.py")]
-    _materialize(pipes, command)  # the embedded cluster and a spare supervisor are ready now
-    batches.clear()
-    _materialize(pipes, command)
-    assert batches[0][0] == REC_START and REC_MESSAGES in batches[0], batches
-    assert batches[-1] == [REC_END], batches
-
-
-def test_a_quiet_command_still_reports_its_start(batches: list[list[str]]) -> None:
-    """The start record waits for the command's output only briefly: a quiet command sends it."""
-    _materialize(PipesDaskClient(), ["sleep", "1"])
-    assert batches == [[REC_START], [REC_END]]
 
 
 @pytest.mark.parametrize("where", ["embedded", "separate"])

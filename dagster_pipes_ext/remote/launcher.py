@@ -49,9 +49,6 @@ from dagster_pipes_ext.remote.wire import (
 
 SPEC_WAIT_SECONDS = 10.0  # for a stashed spec that was not on the scheduler at the claim
 SPEC_POLL_SECONDS = 0.005
-# The start record waits this long at most for the command's first message or output. The
-# orchestrator needs it only for its once-a-second liveness check.
-START_HOLD_SECONDS = 0.25
 # Where a worker process keeps the launchers it unpickled (see ``launcher_entry``).
 _ENTRY_CACHE_MODULE = "__dagster_pipes_ext_launchers__"
 
@@ -221,7 +218,6 @@ def _start_command(
     """Start the command under its supervisor; ``None`` (and a note) if it could not start."""
     env, messages_path = _prepare_files(spec, workdir)
     sender.add(REC_START, {"worker": outcome["worker"], "hostname": outcome["hostname"]})
-    sender.hold(START_HOLD_SECONDS)  # it rides the command's first output
     try:
         proc = Supervised(spec, env)
     except OSError as exc:

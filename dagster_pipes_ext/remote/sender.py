@@ -48,7 +48,6 @@ class Sender:
         self._queue_full = False  # the last put found the queue full
         self.stock = False  # Dask's own queue_put: the scheduler lacks this package's handlers
         self.last_seq = -1
-        self._held: tuple[int, float] | None = None  # (records held, until), see hold()
 
     @property
     def queue_seen(self) -> bool:
@@ -67,15 +66,6 @@ class Sender:
         for kind, data, size in records:
             self.add(kind, data, size)
 
-    def hold(self, seconds: float) -> None:
-        """Keep the records added so far until more come, or for ``seconds`` at most.
-
-        A flush sends them only then, so that they ride the next batch instead of costing a
-        scheduler call of their own (and the reader a wake-up) on a short command's critical
-        path.
-        """
-        self._held = (len(self._records), time.monotonic() + seconds)
-
     def note(self, text: str) -> None:
         """Add a launcher notice for the run's log (never sends: safe while blocked)."""
         self._records.append([REC_NOTE, f"[pipes] {text}"])
@@ -91,11 +81,6 @@ class Sender:
         """
         if not self._records:
             return
-        if self._held is not None:
-            held, until = self._held
-            if forget is None and len(self._records) == held and time.monotonic() < until:
-                return
-            self._held = None
         batch: EventBatch = {"s": self.last_seq + 1, "r": self._records}
         created_by = time.monotonic() + QUEUE_CREATE_WAIT_SECONDS
         while True:
